@@ -1,0 +1,144 @@
+"""EfficientFace frame encoder (Zhao et al. 2021), channels-last, layer for layer as the PyTorch original.
+
+stem (conv 3x3/2 + BN + ReLU, max-pool 3/2) -> x0 (N,56,56,29)
+stage2(x0) -> Modulator, plus LocalFeatureExtractor(x0)   (N,28,28,116)
+stage3 (N,14,14,232) -> stage4 (N,7,7,464) -> conv5 1x1 + BN + ReLU (N,7,7,1024) -> global mean (N,1024)
+
+Submodule names follow the PyTorch state-dict names so that conversion reads as a table.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from avtca_jax.models.layers import BatchNorm, Conv, Conv1x1, Dense, DepthwiseConv
+
+Dtype = Any
+
+
+def channel_shuffle(x: jax.Array, groups: int = 2) -> jax.Array:
+  """ShuffleNet channel shuffle in NHWC: channels (g, C/g) -> (C/g, g)."""
+  *lead, channels = x.shape
+  x = x.reshape(*lead, groups, channels // groups)
+  return jnp.swapaxes(x, -1, -2).reshape(*lead, channels)
+
+
+class InvertedResidual(nn.Module):
+  """ShuffleNetV2 unit. Stride 2: two branches on the full input; stride 1: split channels, one branch."""
+
+  out_features: int
+  strides: int
+  train: bool
+  conv_impl: str = "auto"
+  dtype: Dtype = jnp.float32
+  bn_axis_name: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    branch_features = self.out_features // 2
+    bn = lambda name: BatchNorm(not self.train, dtype=self.dtype, axis_name=self.bn_axis_name, name=name)
+    dw = lambda feats, name: DepthwiseConv(feats, strides=self.strides, impl=self.conv_impl, dtype=self.dtype,
+                                           name=name)
+    if self.strides == 1:
+      x1, x2 = jnp.split(x, 2, axis=-1)
+    else:
+      x1 = x2 = x
+      in_features = x.shape[-1]
+      # branch1: depthwise 3x3/2, BN, 1x1, BN, ReLU
+      x1 = bn("branch1_1")(dw(in_features, "branch1_0")(x1))
+      x1 = nn.relu(bn("branch1_3")(Conv1x1(branch_features, dtype=self.dtype, name="branch1_2")(x1)))
+    # branch2: 1x1, BN, ReLU, depthwise 3x3, BN, 1x1, BN, ReLU
+    y = nn.relu(bn("branch2_1")(Conv1x1(branch_features, dtype=self.dtype, name="branch2_0")(x2)))
+    y = bn("branch2_4")(dw(branch_features, "branch2_3")(y))
+    y = nn.relu(bn("branch2_6")(Conv1x1(branch_features, dtype=self.dtype, name="branch2_5")(y)))
+    return channel_shuffle(jnp.concatenate([x1, y], axis=-1), 2)
+
+
+class LocalFeatureExtractor(nn.Module):
+  """Four 28x28 quadrants of x0, each through its own grouped 3x3/2 and depthwise 3x3 convs."""
+
+  out_features: int
+  train: bool
+  conv_impl: str = "auto"
+  dtype: Dtype = jnp.float32
+  bn_axis_name: Any = None
+
+  @nn.compact
+  def __call__(self, x):  # (N, 56, 56, 29)
+    h, w = x.shape[1] // 2, x.shape[2] // 2
+    quadrants = [x[:, :h, :w], x[:, h:, :w], x[:, :h, w:], x[:, h:, w:]]  # TL, BL, TR, BR (k = 1..4)
+    outs = []
+    for k, patch in enumerate(quadrants, start=1):
+      bn = lambda name: BatchNorm(not self.train, dtype=self.dtype, axis_name=self.bn_axis_name, name=name)
+      y = DepthwiseConv(self.out_features, strides=2, impl=self.conv_impl, dtype=self.dtype, name=f"conv{k}_1")(patch)
+      y = nn.relu(bn(f"bn{k}_1")(y))
+      y = DepthwiseConv(self.out_features, strides=1, impl=self.conv_impl, dtype=self.dtype, name=f"conv{k}_2")(y)
+      outs.append(nn.relu(bn(f"bn{k}_2")(y)))  # (N, 14, 14, 116)
+    left = jnp.concatenate([outs[0], outs[1]], axis=1)
+    right = jnp.concatenate([outs[2], outs[3]], axis=1)
+    return jnp.concatenate([left, right], axis=2)  # (N, 28, 28, 116)
+
+
+class Modulator(nn.Module):
+  """x * sigmoid(channel_gate(x) * spatial_gate(x)); reduction 16, two dilated (4) 3x3 convs."""
+
+  train: bool
+  reduction: int = 16
+  dtype: Dtype = jnp.float32
+  bn_axis_name: Any = None
+
+  @nn.compact
+  def __call__(self, x):  # (N, 28, 28, C)
+    channels = x.shape[-1]
+    hidden = channels // self.reduction
+    bn = lambda name: BatchNorm(not self.train, dtype=self.dtype, axis_name=self.bn_axis_name, name=name)
+    # Channel gate on the global average.
+    c = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)  # (N, C)
+    c = nn.relu(bn("gate_c_bn_1")(Dense(hidden, dtype=self.dtype, name="gate_c_fc_0")(c)))
+    c = Dense(channels, dtype=self.dtype, name="gate_c_fc_final")(c)[:, None, None, :]
+    # Spatial gate.
+    s = nn.relu(bn("gate_s_bn_reduce0")(Conv1x1(hidden, use_bias=True, dtype=self.dtype,
+                                                 name="gate_s_conv_reduce0")(x)))
+    for i in range(2):
+      s = Conv(hidden, (3, 3), padding=4, dilation=4, use_bias=True, dtype=self.dtype, name=f"gate_s_conv_di_{i}")(s)
+      s = nn.relu(bn(f"gate_s_bn_di_{i}")(s))
+    s = Conv1x1(1, use_bias=True, dtype=self.dtype, name="gate_s_conv_final")(s)  # (N, 28, 28, 1)
+    return x * jax.nn.sigmoid(c * s)
+
+
+class EfficientFace(nn.Module):
+  """EfficientFace features: (N, 224, 224, 3) -> (N, 1024). No classification head."""
+
+  train: bool
+  stages_repeats: Sequence[int] = (4, 8, 4)
+  stages_out_channels: Sequence[int] = (29, 116, 232, 464, 1024)
+  conv_impl: str = "auto"
+  dtype: Dtype = jnp.float32
+  bn_axis_name: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    bn = lambda name: BatchNorm(not self.train, dtype=self.dtype, axis_name=self.bn_axis_name, name=name)
+    ch = self.stages_out_channels
+    x = Conv(ch[0], (3, 3), strides=2, padding=1, dtype=self.dtype, name="conv1_0")(x)
+    x = nn.relu(bn("conv1_1")(x))  # (N, 112, 112, 29)
+    x0 = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # (N, 56, 56, 29)
+
+    def stage(x, index, repeats, out_features):
+      for unit in range(repeats):
+        x = InvertedResidual(out_features, 2 if unit == 0 else 1, self.train, self.conv_impl, self.dtype,
+                             self.bn_axis_name, name=f"stage{index}_{unit}")(x)
+      return x
+
+    x = stage(x0, 2, self.stages_repeats[0], ch[1])  # (N, 28, 28, 116)
+    x = Modulator(self.train, dtype=self.dtype, bn_axis_name=self.bn_axis_name, name="modulator")(x)
+    x = x + LocalFeatureExtractor(ch[1], self.train, self.conv_impl, self.dtype, self.bn_axis_name,
+                                  name="local")(x0)
+    x = stage(x, 3, self.stages_repeats[1], ch[2])  # (N, 14, 14, 232)
+    x = stage(x, 4, self.stages_repeats[2], ch[3])  # (N, 7, 7, 464)
+    x = nn.relu(bn("conv5_1")(Conv1x1(ch[4], dtype=self.dtype, name="conv5_0")(x)))  # (N, 7, 7, 1024)
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)  # (N, 1024)

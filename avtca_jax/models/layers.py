@@ -1,0 +1,229 @@
+"""Building blocks shared by the AVT-CA modules: PyTorch-exact batch norm and fast convolutions.
+
+Everything is channels-last. Parameters are float32; `dtype` is the compute dtype.
+
+Why custom layers:
+- `BatchNorm`: PyTorch updates `running_var` with the *unbiased* batch variance, Flax's `nn.BatchNorm`
+  with the biased one. Converted checkpoints keep training with PyTorch's statistics only if we match it.
+- `DepthwiseConv`: XLA:CPU lowers grouped convolutions 6-9x slower than PyTorch; the same convolution written
+  as a sum of shifted slices times per-channel weights is about 8x faster there (conventions.md). On GPU and
+  TPU the native grouped convolution is the natural choice. Both forms share one parameter layout
+  (`kernel`: (kh, kw, 1, out), the `feature_group_count` layout) and are tested to agree.
+- `Conv1x1`: a 1x1 convolution as one matrix product over (N*H*W, C), faster on XLA:CPU than `lax.conv`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+Dtype = Any
+Array = jax.Array
+
+
+def torch_uniform_init(fan_in: int) -> Callable:
+  """PyTorch's default init for conv/linear weights and biases: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / np.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def resolve_conv_impl(impl: str) -> str:
+  """'auto' picks the depthwise-conv form per backend: shifted slices on CPU, grouped conv elsewhere."""
+  if impl == "auto":
+    return "slices" if jax.default_backend() == "cpu" else "grouped"
+  if impl not in ("slices", "grouped"):
+    raise ValueError(f"depthwise conv impl must be 'auto', 'slices' or 'grouped', got {impl!r}")
+  return impl
+
+
+class BatchNorm(nn.Module):
+  """Batch norm with PyTorch semantics.
+
+  Normalises with the biased batch variance (as PyTorch does in train mode) and updates the running
+  variance with the unbiased one. `momentum` is PyTorch's (weight of the new batch), default 0.1.
+  With `axis_name`, batch statistics are averaged over that mapped axis (global batch norm).
+  """
+
+  use_running_average: bool
+  momentum: float = 0.1
+  epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+  axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    features = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
+
+    if self.use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      reduce_axes = tuple(range(x.ndim - 1))
+      x32 = x.astype(jnp.float32)
+      mean = jnp.mean(x32, axis=reduce_axes)
+      mean_of_squares = jnp.mean(jnp.square(x32), axis=reduce_axes)
+      count = int(np.prod([x.shape[a] for a in reduce_axes]))
+      if self.axis_name is not None:
+        mean, mean_of_squares = jax.lax.pmean((mean, mean_of_squares), self.axis_name)
+        count = count * jax.lax.psum(1, self.axis_name)
+      var = jnp.maximum(mean_of_squares - jnp.square(mean), 0.0)
+      if not self.is_initializing():
+        unbiased = var * (count / jnp.maximum(count - 1, 1))
+        ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean
+        ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * unbiased
+
+    inv = jax.lax.rsqrt(var + self.epsilon) * scale
+    y = (x.astype(jnp.float32) - mean) * inv + bias
+    return y.astype(self.dtype)
+
+
+class Conv1x1(nn.Module):
+  """1x1 convolution (no padding, stride 1) as a matrix product; kernel layout (1, 1, in, out)."""
+
+  features: int
+  use_bias: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    in_features = x.shape[-1]
+    kernel = self.param("kernel", torch_uniform_init(in_features), (1, 1, in_features, self.features))
+    y = jnp.dot(x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
+    if self.use_bias:
+      y = y + self.param("bias", torch_uniform_init(in_features), (self.features,)).astype(self.dtype)
+    return y
+
+
+class Conv(nn.Module):
+  """Dense N-d convolution (1-D or 2-D), symmetric padding, PyTorch init; kernel (*k, in, out)."""
+
+  features: int
+  kernel_size: Sequence[int]
+  strides: int = 1
+  padding: int = 0
+  dilation: int = 1
+  use_bias: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    ksize = tuple(self.kernel_size)
+    nd = len(ksize)
+    in_features = x.shape[-1]
+    init = torch_uniform_init(in_features * int(np.prod(ksize)))
+    kernel = self.param("kernel", init, ksize + (in_features, self.features))
+    spatial = "HW"[:nd] if nd == 2 else "W"
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype),
+        kernel.astype(self.dtype),
+        window_strides=(self.strides,) * nd,
+        padding=[(self.padding, self.padding)] * nd,
+        rhs_dilation=(self.dilation,) * nd,
+        dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"),
+    )
+    if self.use_bias:
+      y = y + self.param("bias", init, (self.features,)).astype(self.dtype)
+    return y
+
+
+def _depthwise_slices(x: Array, kernel: Array, stride: int, padding: int) -> Array:
+  """Grouped conv with one input channel per group, as a sum of kh*kw shifted, strided slices."""
+  kh, kw, _, out_features = kernel.shape
+  multiplier = out_features // x.shape[-1]
+  if multiplier > 1:  # output channel o reads input channel o // multiplier
+    x = jnp.repeat(x, multiplier, axis=-1)
+  x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  height = (x.shape[1] - kh) // stride + 1
+  width = (x.shape[2] - kw) // stride + 1
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      window = jax.lax.slice(
+          x,
+          (0, i, j, 0),
+          (x.shape[0], i + (height - 1) * stride + 1, j + (width - 1) * stride + 1, out_features),
+          (1, stride, stride, 1),
+      )
+      term = window * kernel[i, j, 0]
+      out = term if out is None else out + term
+  return out
+
+
+class DepthwiseConv(nn.Module):
+  """Grouped 3x3 conv with groups = input channels (channel multiplier out/in), no bias.
+
+  `impl`: 'slices' (fast on XLA:CPU), 'grouped' (lax conv with feature_group_count) or 'auto'.
+  """
+
+  features: int
+  kernel_size: int = 3
+  strides: int = 1
+  padding: int = 1
+  impl: str = "auto"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    in_features = x.shape[-1]
+    if self.features % in_features:
+      raise ValueError(f"depthwise conv: {self.features} outputs is not a multiple of {in_features} inputs")
+    k = self.kernel_size
+    kernel = self.param("kernel", torch_uniform_init(k * k), (k, k, 1, self.features))
+    x = x.astype(self.dtype)
+    kernel = kernel.astype(self.dtype)
+    if resolve_conv_impl(self.impl) == "slices":
+      return _depthwise_slices(x, kernel, self.strides, self.padding)
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(self.strides, self.strides),
+        padding=[(self.padding, self.padding)] * 2,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=in_features,
+    )
+
+
+class Dense(nn.Module):
+  """Linear layer with PyTorch's default init; kernel (in, out)."""
+
+  features: int
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    init = torch_uniform_init(x.shape[-1])
+    kernel = self.param("kernel", init, (x.shape[-1], self.features))
+    y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      y = y + self.param("bias", init, (self.features,)).astype(self.dtype)
+    return y
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm with PyTorch's eps (1e-5); statistics in float32."""
+
+  epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    features = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+    return y.astype(self.dtype)
