@@ -1,0 +1,101 @@
+"""Model structure: parameter counts equal the original's, shape errors, dtypes, layer pieces."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from avtca_jax.models import avtca as avtca_lib
+from avtca_jax.models.efficientface import channel_shuffle
+from avtca_jax.models.layers import BatchNorm
+from avtca_jax.models.summary import ORIGINAL_USED_PARAMS
+
+
+def _shapes_only(model):
+  mfcc = jax.ShapeDtypeStruct((1,) + avtca_lib.MFCC_SHAPE, jnp.float32)
+  frames = jax.ShapeDtypeStruct((1, 15, 224, 224, 3), jnp.float32)
+  return jax.eval_shape(lambda a, f: model.init(jax.random.PRNGKey(0), a, f, train=False), mfcc, frames)
+
+
+@pytest.mark.parametrize("fusion", ["it", "ia", "lt"])
+def test_used_parameter_count_equals_original(fusion):
+  variables = _shapes_only(avtca_lib.AVTCA(fusion=fusion))
+  assert avtca_lib.count_params(variables["params"]) == ORIGINAL_USED_PARAMS[fusion]
+  # 76 BatchNorm layers in the original; ours keeps mean and var (num_batches_tracked is not needed).
+  assert avtca_lib.count_params(variables["batch_stats"]) == 20_108 - 76
+
+
+SMALL = dict(image_size=32, conv_impl="grouped")  # small crops and the quicker-to-compile conv form
+
+
+@pytest.fixture(scope="module")
+def small_model_outputs():
+  model = avtca_lib.AVTCA(**SMALL)
+  variables = avtca_lib.init_variables(model, jax.random.PRNGKey(1))
+  rng = np.random.default_rng(0)
+  mfcc = jnp.asarray(rng.normal(0, 1, (2,) + avtca_lib.MFCC_SHAPE), jnp.float32)
+  frames = jnp.asarray(rng.uniform(0, 1, (2, 15, 32, 32, 3)), jnp.float32)
+  logits = jax.jit(model.apply)(variables, mfcc, frames)
+  return variables, mfcc, frames, logits
+
+
+def test_head_count_is_a_real_setting(small_model_outputs):
+  variables, mfcc, frames, logits8 = small_model_outputs
+  # Same parameters as 8 heads, different function.
+  logits4 = jax.jit(avtca_lib.AVTCA(num_heads=4, **SMALL).apply)(variables, mfcc, frames)
+  assert not np.allclose(logits4, logits8)
+  with pytest.raises(ValueError, match="not divisible by num_heads"):
+    jax.eval_shape(avtca_lib.AVTCA(num_heads=3, **SMALL).apply, variables, mfcc, frames)
+
+
+@pytest.mark.parametrize(
+    "mfcc_shape, frames_shape, message",
+    [
+        ((2, 10, 156), (2, 15, 224, 224, 3), r"mfcc: expected shape \(batch, 156, 10\).*got \(2, 10, 156\)"),
+        ((2, 156, 10), (2, 16, 224, 224, 3), r"frames: expected shape \(batch, 15, 224, 224, 3\).*got \(2, 16, "),
+        ((2, 156, 10), (2, 15, 112, 112, 3), r"got \(2, 15, 112, 112, 3\)"),
+        ((2, 156, 10), (3, 15, 224, 224, 3), r"batch mismatch: mfcc has 2 clips, frames has 3"),
+    ],
+)
+def test_wrong_input_shapes_name_expected_and_given(mfcc_shape, frames_shape, message):
+  model = avtca_lib.AVTCA()
+  with pytest.raises(ValueError, match=message):
+    jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(mfcc_shape), jnp.zeros(frames_shape)))
+
+
+def test_bfloat16_compute_keeps_float32_params_and_is_close(small_model_outputs):
+  variables, mfcc, frames, out32 = small_model_outputs
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(variables))
+  out16 = jax.jit(avtca_lib.AVTCA(dtype=jnp.bfloat16, **SMALL).apply)(variables, mfcc, frames)
+  assert out16.dtype == jnp.float32
+  scale = float(jnp.max(jnp.abs(out32)))
+  assert float(jnp.max(jnp.abs(out32 - out16))) < 0.1 * scale + 1e-3
+
+
+def test_channel_shuffle_interleaves_halves():
+  x = jnp.arange(6.0).reshape(1, 1, 1, 6)  # halves a = [0,1,2], b = [3,4,5]
+  np.testing.assert_array_equal(channel_shuffle(x)[0, 0, 0], [0, 3, 1, 4, 2, 5])
+
+
+def test_batchnorm_updates_running_var_with_unbiased_variance():
+  x = jnp.asarray(np.random.default_rng(0).normal(2.0, 3.0, (5, 4)), jnp.float32)
+  bn = BatchNorm(use_running_average=False)
+  variables = bn.init(jax.random.PRNGKey(0), x)
+  y, state = bn.apply(variables, x, mutable=["batch_stats"])
+  np.testing.assert_allclose(state["batch_stats"]["mean"], 0.1 * np.mean(x, 0), rtol=1e-5)
+  np.testing.assert_allclose(state["batch_stats"]["var"], 0.9 + 0.1 * np.var(x, 0, ddof=1), rtol=1e-5)
+  np.testing.assert_allclose(y, (x - np.mean(x, 0)) / np.sqrt(np.var(x, 0) + 1e-5), atol=1e-5)
+
+
+def test_audio_classifier_shares_audio_branch_names():
+  audio = avtca_lib.init_variables(avtca_lib.create_model("audio"), jax.random.PRNGKey(0))
+  full = _shapes_only(avtca_lib.AVTCA())
+  for name, tree in audio["params"].items():
+    if name.startswith("audio_"):
+      assert jax.tree_util.tree_map(jnp.shape, tree) == jax.tree_util.tree_map(lambda s: s.shape, full["params"][name])
+
+
+def test_frames_from_uint8_bgr_contract():
+  rgb = jnp.asarray([[[[10, 20, 255]]]], jnp.uint8)
+  np.testing.assert_allclose(avtca_lib.frames_from_uint8(rgb, "bgr")[0, 0, 0], [1.0, 20 / 255, 10 / 255])
+  np.testing.assert_allclose(avtca_lib.frames_from_uint8(rgb, "rgb")[0, 0, 0], [10 / 255, 20 / 255, 1.0])
