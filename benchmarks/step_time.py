@@ -1,0 +1,239 @@
+"""Training-step (and inference) time of the Flax AVT-CA against the PyTorch original, side by side.
+
+    python -m benchmarks.step_time --batch_size=8 --dtype=float32 --repeats=7
+
+Each framework runs in its own subprocess (so peak memory is its own) on the same synthetic inputs:
+MFCC (B, 156, 10) / (B, 10, 156) and frames (B, 15, 224, 224, 3) / (B*15, 3, 224, 224), float32 in [0, 1].
+A training step is forward + backward + optimizer update (the original recipe: SGD momentum 0.9,
+dampening 0.9, weight decay 1e-3) with batch-norm statistics updated. Reported: compile time (JAX, first
+call minus a steady-state step), median and spread of `repeats` timed steps after `warmup` steps, eval
+forward time, XLA's FLOP count for the step, and peak resident memory (CPU) or peak device memory (GPU).
+Needs jax, flax, optax, numpy and torch only (no TensorFlow), so it runs on a bare accelerator machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+SGD = dict(lr=0.06, momentum=0.9, dampening=0.9, weight_decay=1e-3)
+
+
+def _summary(times):
+  return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "times_s": times}
+
+
+def _peak_rss_mb():
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_jax(batch_size, dtype, fusion, repeats, warmup, conv_impl, eval_repeats):
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+
+  from avtca_jax.models.avtca import AVTCA, init_variables
+
+  compute_dtype = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+  model = AVTCA(fusion=fusion, dtype=compute_dtype, conv_impl=conv_impl)
+  variables = init_variables(model, jax.random.PRNGKey(0))
+  tx = optax.chain(optax.add_decayed_weights(SGD["weight_decay"]), optax.scale(1 - SGD["dampening"]),
+                   optax.trace(SGD["momentum"]), optax.scale(-SGD["lr"]))
+  state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
+  rng = np.random.default_rng(0)
+  mfcc = jax.device_put(rng.normal(-20, 60, (batch_size, 156, 10)).astype(np.float32))
+  frames = jax.device_put(rng.uniform(0, 1, (batch_size, 15, 224, 224, 3)).astype(np.float32))
+  labels = jax.device_put(rng.integers(0, 8, batch_size).astype(np.int32))
+
+  def train_step(state, mfcc, frames, labels):
+    params, batch_stats, opt_state = state
+
+    def loss_fn(params):
+      logits, new_state = model.apply({"params": params, "batch_stats": batch_stats}, mfcc, frames, train=True,
+                                      mutable=["batch_stats"])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), new_state["batch_stats"]
+
+    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), new_stats, opt_state), loss
+
+  step = jax.jit(train_step, donate_argnums=0)
+  lowered = step.lower(state, mfcc, frames, labels)
+  start = time.perf_counter()
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+  for _ in range(warmup):
+    state, loss = compiled(state, mfcc, frames, labels)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    state, loss = compiled(state, mfcc, frames, labels)
+    jax.block_until_ready(loss)
+    times.append(time.perf_counter() - start)
+
+  forward = jax.jit(lambda v, a, f: model.apply(v, a, f, train=False))
+  eval_vars = {"params": state[0], "batch_stats": state[1]}
+  jax.block_until_ready(forward(eval_vars, mfcc, frames))
+  eval_times = []
+  for _ in range(eval_repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(forward(eval_vars, mfcc, frames))
+    eval_times.append(time.perf_counter() - start)
+
+  device = jax.devices()[0]
+  stats = device.memory_stats() if device.platform != "cpu" else None
+  return {
+      "framework": "jax",
+      "versions": {"jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else "",
+                   "flax": __import__("flax").__version__, "optax": optax.__version__},
+      "device": f"{device.platform}:{device.device_kind}",
+      "compile_s": compile_s,
+      "step": _summary(times),
+      "eval_forward": _summary(eval_times),
+      "step_flops": flops,
+      "final_loss": float(loss),
+      "peak_rss_mb": _peak_rss_mb(),
+      "peak_device_mb": (stats or {}).get("peak_bytes_in_use", 0) / 2**20 if stats else None,
+      "conv_impl": conv_impl,
+  }
+
+
+def run_torch(batch_size, dtype, fusion, repeats, warmup, threads, eval_repeats):
+  import numpy as np
+  import torch
+
+  from avtca_jax.reference.torch_avtca import MultiModalCNN
+
+  if threads:
+    torch.set_num_threads(threads)
+  device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+  torch.manual_seed(0)
+  model = MultiModalCNN(fusion=fusion).to(device)
+  optimizer = torch.optim.SGD(model.parameters(), lr=SGD["lr"], momentum=SGD["momentum"],
+                              dampening=SGD["dampening"], weight_decay=SGD["weight_decay"])
+  rng = np.random.default_rng(0)
+  x_audio = torch.from_numpy(rng.normal(-20, 60, (batch_size, 10, 156)).astype(np.float32)).to(device)
+  x_visual = torch.from_numpy(rng.uniform(0, 1, (batch_size * 15, 3, 224, 224)).astype(np.float32)).to(device)
+  labels = torch.from_numpy(rng.integers(0, 8, batch_size)).to(device)
+  autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+  sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+  def step():
+    optimizer.zero_grad(set_to_none=True)
+    with autocast:
+      loss = torch.nn.functional.cross_entropy(model(x_audio, x_visual), labels)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+  model.train()
+  for _ in range(warmup):
+    step()
+  sync()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    loss = step()
+    sync()
+    times.append(time.perf_counter() - start)
+
+  model.eval()
+  eval_times = []
+  with torch.no_grad(), autocast:
+    model(x_audio, x_visual)
+    for _ in range(eval_repeats):
+      start = time.perf_counter()
+      model(x_audio, x_visual)
+      sync()
+      eval_times.append(time.perf_counter() - start)
+  return {
+      "framework": "torch",
+      "versions": {"torch": torch.__version__},
+      "device": f"{device.type}:{torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor()}",
+      "threads": torch.get_num_threads(),
+      "step": _summary(times),
+      "eval_forward": _summary(eval_times),
+      "final_loss": float(loss),
+      "peak_rss_mb": _peak_rss_mb(),
+      "peak_device_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+  }
+
+
+def measure(framework, args):
+  """Runs one framework in a fresh subprocess and returns its result dict."""
+  cmd = [sys.executable, "-m", "benchmarks.step_time", "--worker", framework]
+  for key in ("batch_size", "dtype", "fusion", "repeats", "warmup", "conv_impl", "threads", "eval_repeats"):
+    cmd += [f"--{key}", str(getattr(args, key))]
+  out = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def markdown(results):
+  jax_r, torch_r = results.get("jax"), results.get("torch")
+  lines = ["| framework | device | step median (s) | min-max (s) | eval forward (s) | compile (s) | peak mem (MB) |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+  for r in (jax_r, torch_r):
+    if r:
+      mem = r["peak_device_mb"] if r.get("peak_device_mb") else r["peak_rss_mb"]
+      lines.append(f"| {r['framework']} | {r['device']} | {r['step']['median_s']:.3f} | "
+                   f"{r['step']['min_s']:.3f}-{r['step']['max_s']:.3f} | {r['eval_forward']['median_s']:.3f} | "
+                   f"{r.get('compile_s', 0):.1f} | {mem:.0f} |")
+  if jax_r and torch_r:
+    lines.append(f"\nPyTorch / JAX step-time ratio: **{torch_r['step']['median_s'] / jax_r['step']['median_s']:.2f}x**"
+                 f"; eval forward ratio {torch_r['eval_forward']['median_s'] / jax_r['eval_forward']['median_s']:.2f}x")
+  return "\n".join(lines)
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--batch_size", type=int, default=8)
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  p.add_argument("--fusion", default="it", choices=["it", "ia", "lt"])
+  p.add_argument("--repeats", type=int, default=7)
+  p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--eval_repeats", type=int, default=5)
+  p.add_argument("--conv_impl", default="auto", choices=["auto", "slices", "grouped"])
+  p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+  p.add_argument("--frameworks", default="jax,torch")
+  p.add_argument("--json", default="", help="write the results here")
+  p.add_argument("--worker", default="", help=argparse.SUPPRESS)
+  return p.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  if args.worker == "jax":
+    print(json.dumps(run_jax(args.batch_size, args.dtype, args.fusion, args.repeats, args.warmup, args.conv_impl,
+                             args.eval_repeats)))
+    return
+  if args.worker == "torch":
+    print(json.dumps(run_torch(args.batch_size, args.dtype, args.fusion, args.repeats, args.warmup, args.threads,
+                               args.eval_repeats)))
+    return
+  results = {"config": vars(args), "command": " ".join(["python -m benchmarks.step_time"] + (argv or sys.argv[1:])),
+             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu_count": os.cpu_count(),
+             "python": platform.python_version()}
+  for framework in args.frameworks.split(","):
+    results[framework] = measure(framework, args)
+  print(markdown(results))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
