@@ -2,6 +2,7 @@
 
     python -m benchmarks.step_time --batch_size=8 --dtype=float32 --repeats=7
 
+`--image_size` other than 224 is only for quick checks of the script itself.
 Each framework runs in its own subprocess (so peak memory is its own) on the same synthetic inputs:
 MFCC (B, 156, 10) / (B, 10, 156) and frames (B, 15, 224, 224, 3) / (B*15, 3, 224, 224), float32 in [0, 1].
 A training step is forward + backward + optimizer update (the original recipe: SGD momentum 0.9,
@@ -34,7 +35,7 @@ def _peak_rss_mb():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_jax(batch_size, dtype, fusion, repeats, warmup, conv_impl, eval_repeats):
+def run_jax(batch_size, dtype, fusion, repeats, warmup, conv_impl, eval_repeats, image_size=224):
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -43,14 +44,14 @@ def run_jax(batch_size, dtype, fusion, repeats, warmup, conv_impl, eval_repeats)
   from avtca_jax.models.avtca import AVTCA, init_variables
 
   compute_dtype = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
-  model = AVTCA(fusion=fusion, dtype=compute_dtype, conv_impl=conv_impl)
+  model = AVTCA(fusion=fusion, dtype=compute_dtype, conv_impl=conv_impl, image_size=image_size)
   variables = init_variables(model, jax.random.PRNGKey(0))
   tx = optax.chain(optax.add_decayed_weights(SGD["weight_decay"]), optax.scale(1 - SGD["dampening"]),
                    optax.trace(SGD["momentum"]), optax.scale(-SGD["lr"]))
   state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
   rng = np.random.default_rng(0)
   mfcc = jax.device_put(rng.normal(-20, 60, (batch_size, 156, 10)).astype(np.float32))
-  frames = jax.device_put(rng.uniform(0, 1, (batch_size, 15, 224, 224, 3)).astype(np.float32))
+  frames = jax.device_put(rng.uniform(0, 1, (batch_size, 15, image_size, image_size, 3)).astype(np.float32))
   labels = jax.device_put(rng.integers(0, 8, batch_size).astype(np.int32))
 
   def train_step(state, mfcc, frames, labels):
@@ -73,6 +74,7 @@ def run_jax(batch_size, dtype, fusion, repeats, warmup, conv_impl, eval_repeats)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  bytes_accessed = float(cost.get("bytes accessed", float("nan"))) if cost else float("nan")
 
   for _ in range(warmup):
     state, loss = compiled(state, mfcc, frames, labels)
@@ -95,6 +97,10 @@ def run_jax(batch_size, dtype, fusion, repeats, warmup, conv_impl, eval_repeats)
 
   device = jax.devices()[0]
   stats = device.memory_stats() if device.platform != "cpu" else None
+  from benchmarks import hardware
+  peaks = hardware.device_peaks(dtype)
+  step_median = statistics.median(times)
+  bound = hardware.roofline(flops, bytes_accessed, peaks)
   return {
       "framework": "jax",
       "versions": {"jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else "",
@@ -104,6 +110,13 @@ def run_jax(batch_size, dtype, fusion, repeats, warmup, conv_impl, eval_repeats)
       "step": _summary(times),
       "eval_forward": _summary(eval_times),
       "step_flops": flops,
+      "step_bytes_accessed": bytes_accessed,
+      "peaks": peaks,
+      "mfu": flops / step_median / peaks["flops_per_s"],
+      "roofline": bound,
+      "step_over_roofline": step_median / bound["roofline_s"],
+      "clips_per_s": batch_size / step_median,
+      "images_per_s": 15 * batch_size / step_median,
       "final_loss": float(loss),
       "peak_rss_mb": _peak_rss_mb(),
       "peak_device_mb": (stats or {}).get("peak_bytes_in_use", 0) / 2**20 if stats else None,
@@ -111,7 +124,7 @@ def run_jax(batch_size, dtype, fusion, repeats, warmup, conv_impl, eval_repeats)
   }
 
 
-def run_torch(batch_size, dtype, fusion, repeats, warmup, threads, eval_repeats):
+def run_torch(batch_size, dtype, fusion, repeats, warmup, threads, eval_repeats, image_size=224):
   import numpy as np
   import torch
 
@@ -126,7 +139,7 @@ def run_torch(batch_size, dtype, fusion, repeats, warmup, threads, eval_repeats)
                               dampening=SGD["dampening"], weight_decay=SGD["weight_decay"])
   rng = np.random.default_rng(0)
   x_audio = torch.from_numpy(rng.normal(-20, 60, (batch_size, 10, 156)).astype(np.float32)).to(device)
-  x_visual = torch.from_numpy(rng.uniform(0, 1, (batch_size * 15, 3, 224, 224)).astype(np.float32)).to(device)
+  x_visual = torch.from_numpy(rng.uniform(0, 1, (batch_size * 15, 3, image_size, image_size)).astype(np.float32)).to(device)
   labels = torch.from_numpy(rng.integers(0, 8, batch_size)).to(device)
   autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
   sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -166,6 +179,8 @@ def run_torch(batch_size, dtype, fusion, repeats, warmup, threads, eval_repeats)
       "threads": torch.get_num_threads(),
       "step": _summary(times),
       "eval_forward": _summary(eval_times),
+      "clips_per_s": batch_size / statistics.median(times),
+      "images_per_s": 15 * batch_size / statistics.median(times),
       "final_loss": float(loss),
       "peak_rss_mb": _peak_rss_mb(),
       "peak_device_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
@@ -175,7 +190,8 @@ def run_torch(batch_size, dtype, fusion, repeats, warmup, threads, eval_repeats)
 def measure(framework, args):
   """Runs one framework in a fresh subprocess and returns its result dict."""
   cmd = [sys.executable, "-m", "benchmarks.step_time", "--worker", framework]
-  for key in ("batch_size", "dtype", "fusion", "repeats", "warmup", "conv_impl", "threads", "eval_repeats"):
+  for key in ("batch_size", "dtype", "fusion", "repeats", "warmup", "conv_impl", "threads", "eval_repeats",
+              "image_size"):
     cmd += [f"--{key}", str(getattr(args, key))]
   out = subprocess.run(cmd, check=True, capture_output=True, text=True,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -184,14 +200,20 @@ def measure(framework, args):
 
 def markdown(results):
   jax_r, torch_r = results.get("jax"), results.get("torch")
-  lines = ["| framework | device | step median (s) | min-max (s) | eval forward (s) | compile (s) | peak mem (MB) |",
-           "| --- | --- | --- | --- | --- | --- | --- |"]
+  lines = ["| framework | device | step median (s) | min-max (s) | clips/s | eval forward (s) | compile (s) | peak mem (MB) |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
   for r in (jax_r, torch_r):
     if r:
       mem = r["peak_device_mb"] if r.get("peak_device_mb") else r["peak_rss_mb"]
       lines.append(f"| {r['framework']} | {r['device']} | {r['step']['median_s']:.3f} | "
-                   f"{r['step']['min_s']:.3f}-{r['step']['max_s']:.3f} | {r['eval_forward']['median_s']:.3f} | "
+                   f"{r['step']['min_s']:.3f}-{r['step']['max_s']:.3f} | {r['clips_per_s']:.2f} | "
+                   f"{r['eval_forward']['median_s']:.3f} | "
                    f"{r.get('compile_s', 0):.1f} | {mem:.0f} |")
+  if jax_r:
+    lines.append(f"\nJAX step: {jax_r['step_flops'] / 1e9:.1f} GFLOP, {jax_r['step_bytes_accessed'] / 1e9:.1f} GB accessed "
+                 f"(XLA cost analysis); MFU {100 * jax_r['mfu']:.1f}% of {jax_r['peaks']['flops_per_s'] / 1e12:.2f} "
+                 f"TFLOP/s ({jax_r['peaks']['source']}); roofline {jax_r['roofline']['roofline_s']:.3f} s "
+                 f"({jax_r['roofline']['bound']}-bound), step/roofline {jax_r['step_over_roofline']:.1f}x")
   if jax_r and torch_r:
     lines.append(f"\nPyTorch / JAX step-time ratio: **{torch_r['step']['median_s'] / jax_r['step']['median_s']:.2f}x**"
                  f"; eval forward ratio {torch_r['eval_forward']['median_s'] / jax_r['eval_forward']['median_s']:.2f}x")
@@ -203,6 +225,7 @@ def parse_args(argv=None):
   p.add_argument("--batch_size", type=int, default=8)
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--fusion", default="it", choices=["it", "ia", "lt"])
+  p.add_argument("--image_size", type=int, default=224, help="face-crop size (224 is the real model)")
   p.add_argument("--repeats", type=int, default=7)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--eval_repeats", type=int, default=5)
@@ -218,11 +241,11 @@ def main(argv=None):
   args = parse_args(argv)
   if args.worker == "jax":
     print(json.dumps(run_jax(args.batch_size, args.dtype, args.fusion, args.repeats, args.warmup, args.conv_impl,
-                             args.eval_repeats)))
+                             args.eval_repeats, args.image_size)))
     return
   if args.worker == "torch":
     print(json.dumps(run_torch(args.batch_size, args.dtype, args.fusion, args.repeats, args.warmup, args.threads,
-                               args.eval_repeats)))
+                               args.eval_repeats, args.image_size)))
     return
   results = {"config": vars(args), "command": " ".join(["python -m benchmarks.step_time"] + (argv or sys.argv[1:])),
              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu_count": os.cpu_count(),

@@ -1,0 +1,49 @@
+"""Preprocess a RAVDESS folder into per-clip .npz files (face crops + MFCC) and a report.
+
+  python -m avtca_jax.preprocess --input ~/RAVDESS --output ~/ravdess_npz --workers 2
+
+The input is the official zips unpacked into Actor_XX/ folders (Video_Speech_Actor_XX.zip and
+Audio_Speech_Actors_01-24.zip; mp4 and wav side by side or in separate trees). Rerunning the same command
+continues an interrupted run. The report is printed and saved as <output>/report.json. Exit status 0 when
+every clip was written (or was cached), 1 when some were skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from avtca_jax.preprocessing.clips import format_report, preprocess_directory
+from avtca_jax.preprocessing.config import PreprocessConfig
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m avtca_jax.preprocess", description=__doc__.split("\n\n")[0])
+  p.add_argument("--input", required=True, help="RAVDESS folder (Actor_XX/ with .mp4 and .wav)")
+  p.add_argument("--output", required=True, help="folder for <stem>.npz files and report.json")
+  p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                 help="worker processes (default: CPU cores; 0 = in this process)")
+  p.add_argument("--modalities", default="1,2", help="video modalities to use: '1,2' (default) or '1' "
+                 "(drop the video-only copies, which share their audio with the 01 clips)")
+  p.add_argument("--margin", type=float, default=0.0, help="face box margin, fraction of the box per side")
+  p.add_argument("--past-end", choices=("hold", "zeros"), default="hold",
+                 help="window positions after a short clip's last frame: repeat it, or black (the original)")
+  p.add_argument("--detect-max-side", type=int, default=320,
+                 help="longer side of the frames MTCNN sees, in pixels; 0 = full resolution (slow)")
+  p.add_argument("--no-soundtrack-fallback", action="store_true",
+                 help="report 01 clips without a wav instead of using the mp4's own soundtrack")
+  p.add_argument("--device", default=None, help="torch device for MTCNN (default: cuda if available)")
+  p.add_argument("--limit", type=int, default=None, help="only the first N clips (for a quick try)")
+  args = p.parse_args(argv)
+  config = PreprocessConfig(margin=args.margin, past_end=args.past_end,
+                            detect_max_side=args.detect_max_side or None, device=args.device)
+  report = preprocess_directory(args.input, args.output, args.workers, config,
+                                modalities=tuple(int(m) for m in args.modalities.split(",")),
+                                soundtrack_fallback=not args.no_soundtrack_fallback, limit=args.limit)
+  print(format_report(report))
+  return 0 if report["clips_skipped"] == 0 else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,211 @@
+"""RAVDESS file names: MM-VV-EE-II-SS-RR-AA, and pairing each video with the audio of the same take.
+
+Fields: modality (01 audio-video, 02 video-only, 03 audio-only), vocal channel (01 speech, 02 song),
+emotion (01..08), intensity (01 normal, 02 strong), statement (01/02), repetition (01/02), actor (01..24).
+
+Copies made by hand or by download tools sometimes carry a suffix after the seven fields, such as
+`01-01-07-02-02-01-01_1.mp4` (one of the shared test clips). A suffix of `_` followed by letters, digits, `-`
+or `_` is accepted and kept in `RavdessName.suffix`; it is part of `stem` (so cache files of two copies never
+collide) but not of `take_key` (so the copy still pairs with the audio of its take).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+from typing import Iterable, Sequence
+
+# Index = label = emotion field - 1 (the original's `make_dataset` subtracts 1).
+EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
+MODALITIES = {1: "audio-video", 2: "video-only", 3: "audio-only"}
+VOCAL_CHANNELS = {1: "speech", 2: "song"}
+VIDEO_EXTENSIONS = (".mp4",)
+AUDIO_EXTENSIONS = (".wav", ".flac")
+
+_NAME = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})(_[A-Za-z0-9_-]+)?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class RavdessName:
+  modality: int  # 1 audio-video, 2 video-only, 3 audio-only
+  vocal_channel: int  # 1 speech, 2 song
+  emotion: int  # 1..8, as in the file name
+  intensity: int  # 1 normal, 2 strong
+  statement: int
+  repetition: int
+  actor: int  # 1..24; odd male, even female
+  suffix: str = ""  # e.g. "_1" for a renamed copy; "" for official names
+
+  @property
+  def label(self) -> int:
+    """0..7, index into EMOTIONS."""
+    return self.emotion - 1
+
+  @property
+  def emotion_name(self) -> str:
+    return EMOTIONS[self.label]
+
+  @property
+  def modality_name(self) -> str:
+    return MODALITIES[self.modality]
+
+  @property
+  def take_key(self) -> str:
+    """Fields 2..7 ('01-05-02-01-01-05'): the same for the 01 video, the 02 video and the 03 audio of a take."""
+    return "-".join(f"{v:02d}" for v in (self.vocal_channel, self.emotion, self.intensity,
+                                            self.statement, self.repetition, self.actor))
+
+  @property
+  def stem(self) -> str:
+    """The file name without its extension, suffix included: unique per file, used for cache file names."""
+    return f"{self.modality:02d}-{self.take_key}{self.suffix}"
+
+  @property
+  def audio_stem(self) -> str:
+    """Stem of the official audio-only (03) file of this take."""
+    return f"03-{self.take_key}"
+
+
+def parse_name(path: str | os.PathLike) -> RavdessName:
+  """Parse a RAVDESS file name (a path or a bare name, with or without extension).
+
+  Raises ValueError naming the file when the name does not follow the convention or a field is out of range.
+  """
+  stem = Path(path).name
+  for ext in VIDEO_EXTENSIONS + AUDIO_EXTENSIONS + (".npz", ".npy"):
+    if stem.lower().endswith(ext):
+      stem = stem[: -len(ext)]
+      break
+  match = _NAME.match(stem)
+  if not match:
+    raise ValueError(f"{path}: not a RAVDESS file name (expected MM-VV-EE-II-SS-RR-AA with two-digit fields, "
+                     "optionally followed by a suffix such as '_1')")
+  fields = [int(g) for g in match.groups()[:7]]
+  name = RavdessName(*fields, suffix=match.group(8) or "")
+  problems = []
+  if name.modality not in MODALITIES:
+    problems.append(f"modality {name.modality:02d} not in 01..03")
+  if name.vocal_channel not in VOCAL_CHANNELS:
+    problems.append(f"vocal channel {name.vocal_channel:02d} not in 01..02")
+  if not 1 <= name.emotion <= 8:
+    problems.append(f"emotion {name.emotion:02d} not in 01..08")
+  if name.intensity not in (1, 2):
+    problems.append(f"intensity {name.intensity:02d} not in 01..02")
+  if name.statement not in (1, 2):
+    problems.append(f"statement {name.statement:02d} not in 01..02")
+  if name.repetition not in (1, 2):
+    problems.append(f"repetition {name.repetition:02d} not in 01..02")
+  if not 1 <= name.actor <= 24:
+    problems.append(f"actor {name.actor:02d} not in 01..24")
+  if problems:
+    raise ValueError(f"{path}: not a valid RAVDESS file name: " + "; ".join(problems))
+  return name
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipPair:
+  """One video and the audio that goes with it. `audio is None` means: use the video's own soundtrack."""
+
+  video: Path
+  audio: Path | None
+  name: RavdessName
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  """A file that cannot be used, and why (in words that name the file)."""
+
+  path: str
+  reason: str
+
+  def __str__(self):
+    return f"{self.path}: {self.reason}"
+
+
+def _audio_preference(path: Path, video: Path):
+  """Sort key among several audio copies of one take: same folder as the video, then the highest sample
+  rate (the least processed copy: RAVDESS's own wav files are 48 kHz), then wav before flac, then path."""
+  try:
+    import soundfile
+    rate = soundfile.info(str(path)).samplerate
+  except Exception:  # unreadable here: let load_audio report it later, but prefer readable copies
+    rate = -1
+  return (path.parent != video.parent, -rate, path.suffix.lower() != ".wav", str(path))
+
+
+def pair_videos_with_audio(videos: Iterable[str | os.PathLike], audios: Iterable[str | os.PathLike] = (),
+                           *, soundtrack_fallback: bool = True,
+                           modalities: Sequence[int] = (1, 2)) -> tuple[list[ClipPair], list[Problem]]:
+  """Pair each video with the audio-only (03) file of its take.
+
+  A video whose take has no audio file uses its own soundtrack when `soundtrack_fallback` and it is an
+  audio-video (01) clip; a video-only (02) clip, or any clip when `soundtrack_fallback=False`, is reported as
+  a Problem ('missing audio partner ...'). Unparseable names, and audio files that are not modality 03,
+  are reported too. When a take has several audio copies (the shared data has 22 kHz and 48 kHz ones), the
+  one preferred by `_audio_preference` is used. Videos whose modality is not in `modalities` are left out
+  silently (use (1,) to drop the video-only copies). Returns (pairs sorted by video path, problems).
+  """
+  problems: list[Problem] = []
+  audio_by_take: dict[str, list[Path]] = {}
+  for a in audios:
+    a = Path(a)
+    try:
+      name = parse_name(a)
+    except ValueError as e:
+      problems.append(Problem(str(a), str(e).split(": ", 1)[1]))
+      continue
+    if name.modality != 3:
+      problems.append(Problem(str(a), f"audio file with modality {name.modality:02d}, expected 03 (audio-only)"))
+      continue
+    audio_by_take.setdefault(name.take_key, []).append(a)
+
+  pairs: list[ClipPair] = []
+  for v in sorted(Path(v) for v in videos):
+    try:
+      name = parse_name(v)
+    except ValueError as e:
+      problems.append(Problem(str(v), str(e).split(": ", 1)[1]))
+      continue
+    if name.modality == 3:
+      problems.append(Problem(str(v), "video file with modality 03 (audio-only)"))
+      continue
+    if name.modality not in modalities:
+      continue
+    candidates = audio_by_take.get(name.take_key, [])
+    if candidates:
+      pairs.append(ClipPair(v, min(candidates, key=lambda a: _audio_preference(a, v)), name))
+    elif soundtrack_fallback and name.modality == 1:
+      pairs.append(ClipPair(v, None, name))
+    else:
+      why = "a video-only (02) clip has no soundtrack" if name.modality == 2 else "soundtrack fallback is off"
+      problems.append(Problem(str(v), f"missing audio partner {name.audio_stem}.wav (or .flac) for this take; {why}"))
+  return pairs, problems
+
+
+def find_clips(root: str | os.PathLike, *, soundtrack_fallback: bool = True,
+               modalities: Sequence[int] = (1, 2)) -> tuple[list[ClipPair], list[Problem]]:
+  """All videos under `root` (recursively), paired with the audio files found under the same root.
+
+  Works with the official layout (Actor_XX/ folders with .mp4 and .wav side by side, as the original
+  README asks) and with the shared test layout (video_*/ and audio_speech_*/Actor_XX/ folders of .flac).
+  """
+  root = Path(root)
+  if not root.is_dir():
+    raise FileNotFoundError(f"{root}: RAVDESS input folder not found")
+  videos, audios = [], []
+  for dirpath, _, files in os.walk(root):
+    for f in files:
+      low = f.lower()
+      if f.startswith("."):
+        continue
+      if low.endswith(VIDEO_EXTENSIONS):
+        videos.append(Path(dirpath) / f)
+      elif low.endswith(AUDIO_EXTENSIONS) and "croppad" not in low:  # the original writes *_croppad.wav beside
+        audios.append(Path(dirpath) / f)
+  pairs, problems = pair_videos_with_audio(videos, audios, soundtrack_fallback=soundtrack_fallback,
+                                           modalities=modalities)
+  # Audio files whose name does not parse are reported; audio files without a video are not (the audio
+  # set is usually larger than the video set here).
+  return pairs, problems
