@@ -1,0 +1,283 @@
+"""tf.data input pipeline over the 'ravdess' tfds shards, and placement of batches on the devices.
+
+The trainer's calls:
+
+    info = dataset_info('ravdess', data_dir=..., config_name='generated')
+    ds = create_dataset('ravdess', 'fold1_train', batch_size=32, train=True, seed=0, data_dir=...,
+                        config_name='generated')
+    for batch in iterate_on_devices(ds, mesh):   # dict of jax.Array sharded NamedSharding(mesh, P('data'))
+      ...
+
+A batch is {'mfcc': float32 (b, 156, 10), 'frames': uint8 (b, 15, S, S, 3) RGB, 'label': int32 (b,),
+'actor': int32 (b,), 'mask': bool (b,)} with b = batch_size // jax.process_count() per host (the global
+batch once placed on the devices). 'mask' is False only for the padding that fills the last evaluation
+batch (train=False), so every host yields the same number of full-size batches.
+
+Order of operations: per-host slice of the split (tfds.split_for_jax_process semantics) -> interleaved,
+file-shuffled reads -> [cache of the decoded clips] -> shuffle -> repeat -> decode -> [host augmentation]
+-> batch -> prefetch. With `deterministic=True` (default) the order, and the host augmentation, depend only
+on `seed`; `deterministic=False` lets tf.data return elements as they are ready (faster).
+
+`load_split_to_devices` + `device_batches` hold a whole split on the devices (replicated) and draw
+batches there: the fastest epochs when the split fits in device memory (docs/data.md).
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+from typing import Dict, Iterator, List, Optional
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import tensorflow as tf  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+
+# TensorFlow only feeds the host pipeline: never let it take accelerator memory.
+try:
+  tf.config.set_visible_devices([], "GPU")
+except RuntimeError:  # already initialised by the caller; they own that choice
+  pass
+
+import jax  # noqa: E402
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
+
+from avtca_jax import augment  # noqa: E402
+
+BATCH_KEYS = ("mfcc", "frames", "label", "actor", "mask")
+
+
+def get_builder(builder_name_or_dir: str = "ravdess", *, data_dir: Optional[str] = None,
+                config_name: Optional[str] = None) -> tfds.core.DatasetBuilder:
+  """A prepared builder: a registered name ('ravdess', 'ravdess/generated') or a dataset version folder."""
+  path = os.path.expanduser(str(builder_name_or_dir))
+  if os.path.isfile(os.path.join(path, "dataset_info.json")):
+    return tfds.builder_from_directory(path)
+  import data.ravdess  # noqa: F401  (registers 'ravdess')
+  builder = tfds.builder(builder_name_or_dir, data_dir=data_dir, config=config_name)
+  if not builder.is_prepared():
+    raise FileNotFoundError(
+        f"{builder.name}/{builder.builder_config.name if builder.builder_config else ''} is not prepared in "
+        f"{builder.data_dir}; build it first (docs/data.md), e.g. `tfds build data/ravdess --config "
+        f"{config_name or 'av'} --data_dir {data_dir or '~/tensorflow_datasets'}`")
+  return builder
+
+
+def _resolve(builder, split: str) -> str:
+  from data.ravdess import resolve_split
+  return resolve_split(split, list(builder.info.splits.keys()))
+
+
+def host_split_sizes(builder, split: str, process_count: int) -> List[int]:
+  """Examples each host reads from `split` under `host_split`'s slicing (even_splits, no drop)."""
+  sizes = [0] * process_count
+  for part in _resolve(builder, split).split("+"):
+    n = builder.info.splits[part].num_examples
+    for i in range(process_count):
+      sizes[i] += n // process_count + (1 if i < n % process_count else 0)
+  return sizes
+
+
+def host_split(builder, split: str, process_index: Optional[int] = None, process_count: Optional[int] = None):
+  """This host's slice of `split` (each stored actor split cut into `process_count` contiguous parts)."""
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  return tfds.split_for_jax_process(_resolve(builder, split), process_index=process_index,
+                                    process_count=process_count)
+
+
+def dataset_info(builder_name_or_dir: str = "ravdess", *, data_dir: Optional[str] = None,
+                 config_name: Optional[str] = None) -> Dict:
+  """{'num_examples': {split: n} for every stored and protocol split, 'image_size', 'num_frames',
+  'num_classes', 'class_names', 'frame_encoding', 'config'}."""
+  from data.ravdess import protocol_split_names
+  builder = get_builder(builder_name_or_dir, data_dir=data_dir, config_name=config_name)
+  stored = {name: info.num_examples for name, info in builder.info.splits.items()}
+  counts = dict(stored)
+  for name in protocol_split_names():
+    try:
+      counts[name] = sum(stored[part] for part in _resolve(builder, name).split("+"))
+    except (ValueError, KeyError):  # protocol needs actors this (partial) dataset lacks
+      counts[name] = 0
+  frames = builder.info.features["frames"]
+  return dict(num_examples=counts, image_size=int(frames.shape[1]), num_frames=int(frames.shape[0]),
+              num_classes=builder.info.features["label"].num_classes,
+              class_names=list(builder.info.features["label"].names),
+              frame_encoding="jpeg" if isinstance(frames, tfds.features.Video) else "raw",
+              config=builder.builder_config.name if builder.builder_config else None)
+
+
+def _decode_frames(frames_feature, encoded):
+  if isinstance(frames_feature, tfds.features.Video):
+    frames = tf.map_fn(lambda b: tf.io.decode_jpeg(b, channels=3), encoded, fn_output_signature=tf.uint8)
+  else:
+    frames = frames_feature.decode_example(encoded)
+  return tf.ensure_shape(frames, frames_feature.shape)
+
+
+def create_dataset(builder_name_or_dir: str = "ravdess", split: str = "fold1_train", *, batch_size: int,
+                   train: bool, seed: int = 0, data_dir: Optional[str] = None, config_name: Optional[str] = None,
+                   num_epochs: Optional[int] = None, cache: bool = False, host_augment: bool = False,
+                   deterministic: bool = True, shuffle_buffer: Optional[int] = None,
+                   process_index: Optional[int] = None, process_count: Optional[int] = None,
+                   prefetch: int = 2) -> tf.data.Dataset:
+  """Per-host batches of `split` as a tf.data.Dataset of dicts (module docstring has the format).
+
+  batch_size: the global batch; each host yields batch_size // process_count. train: shuffle files and
+  examples, repeat (`num_epochs`, None = forever), drop the last partial batch. Evaluation (train=False)
+  reads in order, once unless `num_epochs` says otherwise, and pads to full batches with mask=False.
+  cache: keep the decoded split in host memory after the first pass. host_augment: the flip + rotation
+  on the host (augment.tf_random_flip_and_rotate) instead of on the device. shuffle_buffer: clips held
+  for shuffling (default 2048 JPEG clips, about 0.4 GB at 224 px; 256 raw clips, about 0.6 GB).
+  """
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if batch_size % process_count:
+    raise ValueError(f"global batch {batch_size} is not divisible by the process count {process_count}")
+  local_batch = batch_size // process_count
+  if num_epochs is None and not train:
+    num_epochs = 1
+  builder = get_builder(builder_name_or_dir, data_dir=data_dir, config_name=config_name)
+  frames_feature = builder.info.features["frames"]
+  if shuffle_buffer is None:
+    shuffle_buffer = 2048 if isinstance(frames_feature, tfds.features.Video) else 256
+
+  options = tf.data.Options()
+  options.deterministic = deterministic
+  options.experimental_optimization.map_parallelization = True
+  read_config = tfds.ReadConfig(shuffle_seed=seed, options=options, try_autocache=False,
+                                interleave_cycle_length=16, interleave_block_length=1)
+  ds = builder.as_dataset(split=host_split(builder, split, process_index, process_count),
+                          shuffle_files=train, read_config=read_config,
+                          decoders={"frames": tfds.decode.SkipDecoding()})
+
+  def select(example):
+    return {"mfcc": example["mfcc"], "frames": example["frames"], "label": tf.cast(example["label"], tf.int32),
+            "actor": tf.cast(example["actor"], tf.int32), "mask": tf.constant(True)}
+
+  def decode(example):
+    return dict(example, frames=_decode_frames(frames_feature, example["frames"]))
+
+  ds = ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
+  if cache:
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).cache()
+  if train:
+    # Shuffle, then repeat: epochs stay whole (every clip once per epoch when the buffer holds the split).
+    # Shuffling still-encoded clips keeps the buffer small (a JPEG clip is about 10x smaller than raw).
+    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.repeat(num_epochs)
+  elif num_epochs != 1:
+    ds = ds.repeat(num_epochs)
+  if not cache:
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+  if host_augment:
+    def random_transform(index, example):
+      clip_seed = tf.stack([tf.cast(seed, tf.int64), index])
+      return dict(example, frames=augment.tf_random_flip_and_rotate(example["frames"], clip_seed))
+    ds = ds.enumerate().map(random_transform, num_parallel_calls=tf.data.AUTOTUNE)
+  if not train and num_epochs == 1:
+    ds = _pad_to_full_batches(ds, builder, split, local_batch, process_index, process_count)
+  ds = ds.batch(local_batch, drop_remainder=True if train else num_epochs == 1,
+                num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.prefetch(prefetch)
+
+
+def _pad_to_full_batches(ds, builder, split, local_batch, process_index, process_count):
+  """Append mask=False examples so every host yields the same number of full batches (one epoch)."""
+  sizes = host_split_sizes(builder, split, process_count)
+  steps = math.ceil(max(sizes) / local_batch)
+  padding = steps * local_batch - sizes[process_index]
+  if padding == 0:
+    return ds
+  spec = ds.element_spec
+  blank = {k: tf.zeros(s.shape, s.dtype) for k, s in spec.items()}
+  blank["mask"] = tf.constant(False)
+  return ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(padding))
+
+
+def num_batches(builder_name_or_dir: str, split: str, *, batch_size: int, train: bool,
+                data_dir: Optional[str] = None, config_name: Optional[str] = None,
+                process_count: Optional[int] = None) -> int:
+  """Batches per epoch that `create_dataset` yields on every host (train drops the remainder)."""
+  process_count = jax.process_count() if process_count is None else process_count
+  builder = get_builder(builder_name_or_dir, data_dir=data_dir, config_name=config_name)
+  sizes = host_split_sizes(builder, split, process_count)
+  local_batch = batch_size // process_count
+  return min(sizes) // local_batch if train else math.ceil(max(sizes) / local_batch)
+
+
+def batch_sharding(mesh: Mesh, batch_axis: str = "data") -> NamedSharding:
+  return NamedSharding(mesh, P(batch_axis))
+
+
+def iterate_on_devices(dataset, mesh: Mesh, *, batch_axis: str = "data", prefetch: int = 2) -> Iterator[Dict]:
+  """Host batches -> dicts of global jax.Arrays sharded along `batch_axis`, `prefetch` batches ahead."""
+  sharding = batch_sharding(mesh, batch_axis)
+  queue = collections.deque()
+
+  def put(batch):
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+  iterator = iter(dataset.as_numpy_iterator() if isinstance(dataset, tf.data.Dataset) else dataset)
+  for batch in iterator:
+    queue.append(put(batch))
+    if len(queue) > prefetch:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
+# ---- the whole split on the devices ---------------------------------------------------------------------
+
+
+def load_split(builder_name_or_dir: str, split: str, *, data_dir: Optional[str] = None,
+               config_name: Optional[str] = None) -> Dict[str, np.ndarray]:
+  """The whole split as host numpy arrays (decoded), in the stored order: {'mfcc', 'frames', 'label', 'actor'}."""
+  ds = create_dataset(builder_name_or_dir, split, batch_size=64, train=False, num_epochs=1,
+                      data_dir=data_dir, config_name=config_name, process_index=0, process_count=1)
+  parts = collections.defaultdict(list)
+  for batch in ds.as_numpy_iterator():
+    for k, v in batch.items():
+      parts[k].append(v[batch["mask"]])
+  return {k: np.concatenate(v) for k, v in parts.items() if k != "mask"}
+
+
+def load_split_to_devices(arrays: Dict[str, np.ndarray], mesh: Mesh) -> Dict[str, jax.Array]:
+  """Replicate a split (from `load_split`) on every device of `mesh` (every host passes the same arrays)."""
+  replicated = NamedSharding(mesh, P())
+  return {k: jax.device_put(v, replicated) for k, v in arrays.items()}
+
+
+def device_batches(arrays: Dict[str, jax.Array], mesh: Mesh, *, batch_size: int, train: bool, seed: int = 0,
+                   num_epochs: Optional[int] = None, batch_axis: str = "data") -> Iterator[Dict[str, jax.Array]]:
+  """Batches gathered on the devices from a device-resident split; same dict format as `iterate_on_devices`.
+
+  Train: a fresh seeded permutation per epoch, last partial batch dropped, forever unless `num_epochs`.
+  Eval: stored order, one epoch by default, last batch padded (mask False). All hosts draw the same indices.
+  """
+  n = int(next(iter(arrays.values())).shape[0])
+  sharding = batch_sharding(mesh, batch_axis)
+
+  @jax.jit
+  def _gather(arrays, index, valid):
+    out = {k: v[index] for k, v in arrays.items()}
+    out["mask"] = valid
+    return out
+
+  gather = jax.jit(_gather, out_shardings=sharding)
+
+  epochs = num_epochs if num_epochs is not None else (None if train else 1)
+  epoch = 0
+  while epochs is None or epoch < epochs:
+    order = np.random.default_rng([seed, epoch]).permutation(n) if train else np.arange(n)
+    steps = n // batch_size if train else math.ceil(n / batch_size)
+    for step in range(steps):
+      index = order[step * batch_size:(step + 1) * batch_size]
+      valid = np.ones(batch_size, bool)
+      if len(index) < batch_size:
+        valid[len(index):] = False
+        index = np.concatenate([index, np.zeros(batch_size - len(index), index.dtype)])
+      yield gather(arrays, index.astype(np.int32), valid)
+    epoch += 1

@@ -1,0 +1,32 @@
+"""`tfds build` for this builder, runnable without apache_beam.
+
+tensorflow-datasets 4.9.10's `tfds` command imports apache_beam at start-up (for its convert_format
+command), so `tfds build data/ravdess ...` fails with "No module named 'apache_beam'" unless beam is
+installed. This runs the same `build` command (same flags) directly:
+
+    python -m data.ravdess.build data/ravdess --config av --manual_dir ~/RAVDESS --data_dir ~/tensorflow_datasets
+    python -m data.ravdess.build data/ravdess --config generated
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def main(argv=None):
+  import simple_parsing
+  import tensorflow_datasets as tfds
+  from tensorflow_datasets.scripts.cli import build
+
+  argv = sys.argv[1:] if argv is None else argv
+  if not argv or argv[0].startswith("-"):  # default: this folder, as `tfds build` run inside it
+    argv = [os.path.dirname(os.path.abspath(__file__))] + list(argv)
+  tfds.core.visibility.set_availables([tfds.core.visibility.DatasetType.TFDS_PUBLIC,
+                                       tfds.core.visibility.DatasetType.COMMUNITY_PUBLIC])
+  args = simple_parsing.parse(build.Args, args=argv)
+  args.execute()
+
+
+if __name__ == "__main__":
+  main()

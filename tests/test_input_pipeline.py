@@ -1,0 +1,156 @@
+"""tf.data pipeline over the builder's shards: batches, determinism, per-host sharding, device placement."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ravdess_test_data import build_generated
+
+from avtca_jax import splits as splits_lib
+
+pytest.importorskip("tensorflow_datasets")
+from avtca_jax import input_pipeline  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+  return build_generated(tmp_path_factory.getbasetemp()).data_path
+
+
+def _take(ds, n):
+  return [b for _, b in zip(range(n), ds.as_numpy_iterator())]
+
+
+def _fingerprints(batches):
+  """One id per example: its MFCCs are unique per generated clip."""
+  return [hash(m.tobytes()) for b in batches for m, ok in zip(b["mfcc"], b["mask"]) if ok]
+
+
+def test_dataset_info_counts(dataset_dir):
+  info = input_pipeline.dataset_info(str(dataset_dir))
+  n = info["num_examples"]
+  assert n["fold1_train"] == 128 and n["fold1_validation"] == 32 and n["fold1_test"] == 32
+  assert n["released_test"] == 32 and n["all"] == 192
+  assert n["paper_random_train"] + n["paper_random_test"] == 192
+  assert info["image_size"] == 32 and info["num_frames"] == 15 and info["num_classes"] == 8
+  assert info["frame_encoding"] == "jpeg"
+
+
+def test_train_batches_format_and_actors(dataset_dir):
+  ds = input_pipeline.create_dataset(str(dataset_dir), "fold2_train", batch_size=8, train=True, seed=0)
+  batches = _take(ds, 20)  # 160 examples: more than one epoch of 128, so it repeats
+  b = batches[0]
+  assert b["mfcc"].shape == (8, 156, 10) and b["mfcc"].dtype == np.float32
+  assert b["frames"].shape == (8, 15, 32, 32, 3) and b["frames"].dtype == np.uint8
+  assert b["label"].dtype == np.int32 and b["actor"].dtype == np.int32 and b["mask"].all()
+  actors = {int(a) for x in batches for a in x["actor"]}
+  assert actors <= set(splits_lib.fold_actors("fold2")["train"]) and len(actors) > 8
+  first_epoch = _fingerprints(batches[:16])
+  assert len(set(first_epoch)) == 128  # one epoch visits every example once
+
+
+def test_deterministic_under_a_seed(dataset_dir):
+  def run(seed, **kw):
+    ds = input_pipeline.create_dataset(str(dataset_dir), "fold1_train", batch_size=8, train=True, seed=seed, **kw)
+    return _take(ds, 3)
+  a, b, c = run(0), run(0), run(1)
+  for x, y in zip(a, b):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  assert _fingerprints(a) != _fingerprints(c)
+  # Host augmentation is seeded too: same seed, same flips and angles; and it changes the frames.
+  aug1, aug2 = run(0, host_augment=True), run(0, host_augment=True)
+  np.testing.assert_array_equal(aug1[0]["frames"], aug2[0]["frames"])
+  np.testing.assert_array_equal(aug1[0]["mfcc"], a[0]["mfcc"])
+  assert not np.array_equal(aug1[0]["frames"], a[0]["frames"])
+
+
+def test_evaluation_is_ordered_padded_and_complete(dataset_dir):
+  ds = input_pipeline.create_dataset(str(dataset_dir), "fold1_test", batch_size=12, train=False)
+  batches = list(ds.as_numpy_iterator())
+  assert [int(b["mask"].sum()) for b in batches] == [12, 12, 8]
+  assert all(b["mfcc"].shape[0] == 12 for b in batches)
+  assert len(set(_fingerprints(batches))) == 32
+  again = list(input_pipeline.create_dataset(str(dataset_dir), "fold1_test", batch_size=12, train=False)
+               .as_numpy_iterator())
+  assert _fingerprints(again) == _fingerprints(batches)
+  assert input_pipeline.num_batches(str(dataset_dir), "fold1_test", batch_size=12, train=False) == 3
+
+
+def test_per_host_sharding_two_processes(dataset_dir):
+  d = str(dataset_dir)
+  hosts = [list(input_pipeline.create_dataset(d, "fold1_test", batch_size=10, train=False, process_index=i,
+                                              process_count=2).as_numpy_iterator()) for i in range(2)]
+  assert len(hosts[0]) == len(hosts[1]) == 4  # 16 examples each, local batch 5: same step count
+  assert all(b["mfcc"].shape[0] == 5 for h in hosts for b in h)
+  ids = [set(_fingerprints(h)) for h in hosts]
+  assert len(ids[0]) == len(ids[1]) == 16 and not ids[0] & ids[1]
+  full = set(_fingerprints(input_pipeline.create_dataset(d, "fold1_test", batch_size=8, train=False)
+                           .as_numpy_iterator()))
+  assert ids[0] | ids[1] == full
+  # Training: each host reads its own half of every actor's clips.
+  train = [set(_fingerprints(_take(input_pipeline.create_dataset(d, "fold1_train", batch_size=8, train=True,
+                                                                 process_index=i, process_count=2), 16)))
+           for i in range(2)]
+  assert len(train[0]) == len(train[1]) == 64 and not train[0] & train[1]
+  with pytest.raises(ValueError, match="divisible"):
+    input_pipeline.create_dataset(d, "fold1_train", batch_size=7, train=True, process_index=0, process_count=2)
+
+
+def test_host_memory_cache_gives_the_same_batches(dataset_dir):
+  def run(cache):
+    batches = _take(input_pipeline.create_dataset(str(dataset_dir), "fold3_train", batch_size=16, train=True,
+                                                  seed=5, cache=cache), 16)  # two epochs of 128
+    return {hash(m.tobytes()): (f, l) for b in batches for m, f, l in zip(b["mfcc"], b["frames"], b["label"])}
+  plain, cached = run(False), run(True)
+  assert len(plain) == 128 and plain.keys() == cached.keys()
+  for key, (frames, label) in plain.items():
+    np.testing.assert_array_equal(cached[key][0], frames)
+    assert cached[key][1] == label
+
+
+_DEVICE_SCRIPT = textwrap.dedent("""
+    import os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    import numpy as np, jax
+    from jax.sharding import PartitionSpec as P
+    from avtca_jax import input_pipeline
+    d = sys.argv[1]
+    assert jax.device_count() == 2, jax.devices()
+    mesh = jax.make_mesh((2,), ("data",))
+    ds = input_pipeline.create_dataset(d, "fold1_test", batch_size=12, train=False)
+    host = list(ds.as_numpy_iterator())
+    placed = list(input_pipeline.iterate_on_devices(ds, mesh))
+    assert len(placed) == len(host) == 3
+    for h, p in zip(host, placed):
+      assert set(p) == set(h)
+      for k, v in p.items():
+        assert isinstance(v, jax.Array) and v.sharding.spec == P("data"), (k, v.sharding)
+        assert [s.data.shape[0] for s in v.addressable_shards] == [6, 6]
+        np.testing.assert_array_equal(np.asarray(v), h[k])
+    arrays = input_pipeline.load_split(d, "fold1_test")
+    assert arrays["frames"].shape == (32, 15, 32, 32, 3)
+    on_devices = input_pipeline.load_split_to_devices(arrays, mesh)
+    batches = list(input_pipeline.device_batches(on_devices, mesh, batch_size=12, train=False))
+    assert [int(np.asarray(b["mask"]).sum()) for b in batches] == [12, 12, 8]
+    assert batches[0]["frames"].sharding.spec == P("data")
+    np.testing.assert_array_equal(np.asarray(batches[0]["mfcc"]), arrays["mfcc"][:12])
+    train = list(input_pipeline.device_batches(on_devices, mesh, batch_size=8, train=True, seed=1, num_epochs=2))
+    assert len(train) == 8
+    seen = np.concatenate([np.asarray(b["mfcc"])[:, 0, 0] for b in train[:4]])
+    assert sorted(seen.tolist()) == sorted(arrays["mfcc"][:, 0, 0].tolist())
+    print("OK")
+""")
+
+
+def test_batches_placed_on_two_devices_with_batch_sharding(dataset_dir):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", TF_CPP_MIN_LOG_LEVEL="3")
+  result = subprocess.run([sys.executable, "-c", _DEVICE_SCRIPT, str(dataset_dir)], env=env,
+                          capture_output=True, text=True, timeout=300,
+                          cwd=str(Path(__file__).resolve().parents[1]))
+  assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
