@@ -1,0 +1,142 @@
+"""Where training batches come from: one interface over the tfds pipeline and in-memory arrays.
+
+Every source yields *process-local* numpy batches, {'mfcc' (b,156,10) f32, 'frames' (b,T,S,S,3) uint8 RGB
+(absent for audio-only data), 'label' (b,) i32}, with b = global batch / process count, and evaluation
+batches padded to full size with a 'mask' (1 real, 0 padding). The order is a pure function of
+(seed, epoch), so a resumed run re-creates its position from the step number alone.
+
+- `tfds`: the `ravdess` builder (real data or its 'generated' config) through `avtca_jax.input_pipeline`.
+- `audio_folder`: real RAVDESS speech audio held in memory (`avtca_jax.audio_data`), audio-only models.
+- `synthetic`: a small learnable dataset generated in memory (tests, benchmarks, machines without tfds).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Iterator, Optional
+
+import numpy as np
+
+from avtca_jax import splits
+
+MFCC_SHAPE = (156, 10)
+SPLITS = ("train", "validation", "test")
+
+
+class DataError(ValueError):
+  """A dataset that is missing or does not fit the config (raised before any compilation)."""
+
+
+def _shard_of_global(batch: Dict[str, np.ndarray], process_index: int, process_count: int):
+  """Rows of this process in a global batch: contiguous blocks, process 0 first (matches the mesh)."""
+  n = len(next(iter(batch.values()))) // process_count
+  return {k: v[process_index * n:(process_index + 1) * n] for k, v in batch.items()}
+
+
+class ArraySource:
+  """Splits held as numpy arrays. Training order: a permutation per (seed, epoch); the last partial
+  global batch is dropped. Evaluation: in order, the last batch padded."""
+
+  def __init__(self, splits_arrays: Dict[str, Dict[str, np.ndarray]], process_index: int = 0,
+               process_count: int = 1):
+    self.arrays = splits_arrays
+    self.process_index, self.process_count = process_index, process_count
+
+  def num_examples(self, split: str) -> int:
+    return len(self.arrays[split]["label"]) if split in self.arrays else 0
+
+  @property
+  def has_frames(self) -> bool:
+    return "frames" in self.arrays["train"]
+
+  def frame_shape(self):
+    return self.arrays["train"]["frames"].shape[1:] if self.has_frames else None
+
+  def train_batches(self, epoch: int, skip: int, global_batch: int, seed: int) -> Iterator[Dict[str, np.ndarray]]:
+    data = self.arrays["train"]
+    order = np.random.default_rng([seed, epoch]).permutation(len(data["label"]))
+    for start in range((skip * global_batch), len(order) - global_batch + 1, global_batch):
+      index = np.sort(order[start:start + global_batch][self._local_slice(global_batch)])
+      # Sorted indices read faster; the rows' order inside a batch does not matter to the loss.
+      yield {k: v[index] for k, v in data.items()}
+
+  def _local_slice(self, global_batch):
+    n = global_batch // self.process_count
+    return slice(self.process_index * n, (self.process_index + 1) * n)
+
+  def eval_batches(self, split: str, global_batch: int) -> Iterator[Dict[str, np.ndarray]]:
+    data = self.arrays[split]
+    total = len(data["label"])
+    for start in range(0, total, global_batch):
+      index = np.arange(start, start + global_batch)
+      mask = (index < total).astype(np.int32)
+      index = np.minimum(index, total - 1)[self._local_slice(global_batch)]
+      batch = {k: v[index] for k, v in data.items()}
+      batch["mask"] = mask[self._local_slice(global_batch)]
+      yield batch
+
+
+def synthetic_arrays(num_examples: int, image_size: int, num_frames: int = 15, num_classes: int = 8,
+                     seed: int = 0) -> Dict[str, np.ndarray]:
+  """A learnable dataset: each class has its own frame colour pattern and MFCC band, plus noise.
+
+  The classes are separable by either modality alone, so modality dropout still leaves a signal.
+  """
+  rng = np.random.default_rng(seed)
+  labels = (np.arange(num_examples) % num_classes).astype(np.int32)
+  rng.shuffle(labels)
+  palette = np.random.default_rng(1234).integers(40, 216, size=(num_classes, 2, 3))  # two colours per class
+  half = image_size // 2
+  frames = np.empty((num_examples, num_frames, image_size, image_size, 3), np.uint8)
+  for i, label in enumerate(labels):
+    clip = np.empty((image_size, image_size, 3), np.float32)
+    clip[:, :half] = palette[label, 0]
+    clip[:, half:] = palette[label, 1]
+    noise = rng.normal(0, 25, size=(num_frames, image_size, image_size, 3))
+    frames[i] = np.clip(clip[None] + noise, 0, 255).astype(np.uint8)
+  mfcc = rng.normal(0, 10, size=(num_examples,) + MFCC_SHAPE).astype(np.float32)
+  mfcc[np.arange(num_examples), :, labels % MFCC_SHAPE[1]] += 15.0
+  mfcc[:, :, 0] -= 200.0  # c0 of real speech is large and negative
+  actors = rng.integers(1, 25, size=num_examples).astype(np.int32)
+  return {"mfcc": mfcc, "frames": frames, "label": labels, "actor": actors}
+
+
+def _synthetic_source(config, process_index, process_count):
+  n = config.data.num_examples or 128
+  arrays = {split: synthetic_arrays(n if split == "train" else max(n // 4, 8), config.image_size,
+                                    config.num_frames, config.num_classes, seed=1000 * i + 7)
+            for i, split in enumerate(SPLITS)}
+  if config.model == "audio":
+    arrays = {s: {k: v for k, v in a.items() if k != "frames"} for s, a in arrays.items()}
+  return ArraySource(arrays, process_index, process_count)
+
+
+def _audio_folder_source(config, process_index, process_count):
+  from avtca_jax import audio_data
+
+  path = os.path.abspath(config.data.path)
+  if not config.data.path or not os.path.isdir(path):
+    raise DataError(f"audio folder {path!r} does not exist: set --config.data.path to the RAVDESS speech "
+                    "audio (for example ../shared/data/ravdess/audio_speech_22k)")
+  try:
+    data = audio_data.load_ravdess_audio(path)
+  except ValueError as error:
+    raise DataError(f"audio folder {path!r}: {error}") from error
+  if len(data["label"]) == 0:
+    raise DataError(f"audio folder {path!r} holds no RAVDESS audio files")
+  parts = audio_data.split_by_protocol(data, config.data.protocol, seed=config.seed)
+  arrays = {name: {k: v for k, v in part.items() if k != "stem"} for name, part in parts.items()}
+  return ArraySource(arrays, process_index, process_count)
+
+
+def create_source(config, process_index: int = 0, process_count: int = 1):
+  """The data source of `config.data.source`; raises DataError for a missing dataset (no compilation)."""
+  kind = config.data.source
+  if kind == "synthetic":
+    return _synthetic_source(config, process_index, process_count)
+  if kind == "audio_folder":
+    return _audio_folder_source(config, process_index, process_count)
+  if kind == "tfds":
+    from avtca_jax import tfds_source  # imports tensorflow: only for this source
+    return tfds_source.TfdsSource(config, process_index, process_count)
+  raise DataError(f"unknown data source {kind!r}; expected 'tfds', 'audio_folder' or 'synthetic'")

@@ -1,0 +1,171 @@
+"""Evaluate a trained run: accuracy, UAR, macro-F1, per-class report and confusion matrix, with both
+streams and with the audio or the video stream removed.
+
+    python -m avtca_jax.evaluate --workdir=DIR                  # best-validation checkpoint, test split
+    python -m avtca_jax.evaluate --workdir=DIR --checkpoint=DIR/checkpoints/640 --split=validation
+    python -m avtca_jax.evaluate --workdir=DIR --remove=audio_zeros,video_zeros,audio_noise,video_noise
+
+The run's config comes from DIR/config.json (written by the trainer). Removing a stream follows the
+original's single-modality evaluation (spec 6): 'zeros' replaces it by zeros (what softhard-trained models
+saw), 'noise' by N(0, 1) (what noise-trained models saw). Writes to DIR/eval/ (or --output_dir):
+<split>_<mode>.json, <split>_<mode>_report.txt, <split>_<mode>_confusion.png, and <split>_summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Dict, Optional, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags, logging
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from avtca_jax import checkpointing, data_sources, metrics as metrics_lib
+from avtca_jax import train as train_lib
+
+REMOVALS = ("audio_zeros", "video_zeros", "audio_noise", "video_noise")  # train_lib.removal_weights
+
+
+def load_config(workdir: str, overrides: Optional[Dict] = None) -> ml_collections.ConfigDict:
+  """The run's config: its variant's defaults updated with the stored config.json (so types stay right)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
+  with open(path) as f:
+    stored = json.load(f)
+  config = train_lib.default_config(stored.get("variant", "default"))
+  config.update_from_flattened_dict(_flatten(stored))
+  for key, value in (overrides or {}).items():
+    config.update_from_flattened_dict({key: value})
+  return config
+
+
+def _flatten(tree, prefix=""):
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[prefix + key] = tuple(value) if isinstance(value, list) else value
+  return out
+
+
+def load_state(checkpoint_dir: str, mesh) -> train_lib.TrainState:
+  """Params and batch statistics of a checkpoint, replicated on the mesh (optimizer state not loaded)."""
+  restored = checkpointing.restore_numpy(checkpoint_dir)
+  state = train_lib.TrainState(step=np.asarray(restored["step"]), params=restored["params"],
+                               batch_stats=restored.get("batch_stats", {}), opt_state=None, rng=None)
+  return jax.device_put(state, NamedSharding(mesh, P()))
+
+
+def default_checkpoint(workdir: str) -> str:
+  """The best-validation checkpoint when there is one, else the latest."""
+  try:
+    return checkpointing.checkpoint_dir(workdir, best=True)
+  except FileNotFoundError:
+    return checkpointing.checkpoint_dir(workdir)
+
+
+def evaluate(workdir: str, checkpoint: Optional[str] = None, split: str = "test",
+             removals: Sequence[str] = ("audio_zeros", "video_zeros"), output_dir: Optional[str] = None,
+             overrides: Optional[Dict] = None) -> Dict[str, Dict]:
+  """{mode: metrics} for mode in ('both', *removals); writes the files listed in the module docstring."""
+  workdir = os.path.abspath(workdir)
+  config = load_config(workdir, overrides)
+  checkpoint = checkpoint or default_checkpoint(workdir)
+  output_dir = output_dir or os.path.join(workdir, "eval")
+  if config.model == "audio":
+    removals = []  # an audio model has no second stream to fall back on
+  for removal in removals:
+    if removal not in REMOVALS:
+      raise ValueError(f"unknown removal {removal!r}; expected some of {REMOVALS}")
+  mesh = train_lib.create_mesh()
+  batch_size = config.eval_batch_size or config.batch_size
+  batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
+  source = data_sources.create_source(config, jax.process_index(), jax.process_count())
+  split_key = {"train": config.data.train_split, "validation": config.data.eval_split,
+               "test": config.data.test_split}.get(split, split)
+  if source.num_examples(split_key) == 0:
+    raise ValueError(f"the {split!r} split of protocol {config.data.protocol} is empty in this dataset")
+  model = train_lib.create_model(config)
+  state = load_state(checkpoint, mesh)
+  step = int(np.asarray(state.step))
+
+  results = {}
+  if jax.process_index() == 0:
+    os.makedirs(output_dir, exist_ok=True)
+  predict_step = train_lib.make_predict_step(config, model, mesh)
+  for mode in ("both", *removals):
+    logits, labels = train_lib.predict(predict_step, state, source, split_key, batch_size, mesh, remove=mode)
+    result = metrics_lib.classification_metrics(logits, labels, config.num_classes)
+    matrix = metrics_lib.confusion_matrix(labels, np.argmax(logits, 1), config.num_classes)
+    stats = metrics_lib.per_class(matrix)
+    result.update(checkpoint=checkpoint, step=step, split=split, protocol=config.data.protocol, mode=mode,
+                  confusion_matrix=matrix.tolist(),
+                  per_class={name: {k: (None if np.isnan(v[i]) else float(v[i])) for k, v in stats.items()}
+                             for i, name in enumerate(metrics_lib.EMOTIONS[:config.num_classes])})
+    results[mode] = result
+    if jax.process_index() == 0:
+      stem = os.path.join(output_dir, f"{split}_{mode}")
+      with open(stem + ".json", "w") as f:
+        json.dump(result, f, indent=1)
+      text = metrics_lib.report(matrix)
+      with open(stem + "_report.txt", "w") as f:
+        f.write(text + "\n")
+      metrics_lib.plot_confusion_matrix(
+          matrix, stem + "_confusion.png",
+          title=f"{config.data.protocol} {split}, {mode} (step {step}): acc {result['accuracy']:.3f}")
+  if jax.process_index() == 0:
+    summary = {mode: {k: r[k] for k in ("accuracy", "uar", "macro_f1", "loss", "count")} for mode, r in results.items()}
+    with open(os.path.join(output_dir, f"{split}_summary.json"), "w") as f:
+      json.dump(dict(summary, checkpoint=checkpoint, step=step), f, indent=1)
+  return results
+
+
+def format_results(results: Dict[str, Dict]) -> str:
+  lines = [f"{'mode':<12} {'accuracy':>8} {'UAR':>8} {'macro-F1':>8} {'n':>6}"]
+  for mode, r in results.items():
+    lines.append(f"{mode:<12} {r['accuracy']:8.4f} {r['uar']:8.4f} {r['macro_f1']:8.4f} {r['count']:6d}")
+  return "\n".join(lines)
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Command-line flags (defined only when run as a program, so the module can be imported anywhere)."""
+  flags.DEFINE_string("workdir", None, "Training workdir (holds config.json and checkpoints).")
+  flags.DEFINE_string("checkpoint", None, "A checkpoint step directory (default: the best, else the latest).")
+  flags.DEFINE_string("split", "test", "train, validation or test (of the run's protocol).")
+  flags.DEFINE_list("remove", ["audio_zeros", "video_zeros"], f"Streams to remove, from {REMOVALS}; '' for none.")
+  flags.DEFINE_string("output_dir", None, "Default: WORKDIR/eval.")
+  flags.DEFINE_string("data_dir", None, "Override the tfds data_dir of the run.")
+
+
+
+def main(argv):
+  del argv
+  overrides = {"data.data_dir": FLAGS.data_dir} if FLAGS.data_dir else None
+  try:
+    results = evaluate(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, [r for r in FLAGS.remove if r],
+                       FLAGS.output_dir, overrides)
+  except (FileNotFoundError, ValueError) as error:
+    sys.exit(f"error: {error}")
+  first = next(iter(results.values()))
+  print(f"{FLAGS.split} split, checkpoint {first['checkpoint']} (step {first['step']})")
+  print(format_results(results))
+  print()
+  print(metrics_lib.report(np.asarray(results["both"]["confusion_matrix"])))
+  print(f"\nwritten to {FLAGS.output_dir or os.path.join(os.path.abspath(FLAGS.workdir), 'eval')}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  flags.mark_flags_as_required(["workdir"])
+  app.run(main)

@@ -1,0 +1,75 @@
+"""The `tfds` data source: the 'ravdess' builder through `avtca_jax.input_pipeline` (tf.data).
+
+Training batches of epoch e come from a pipeline seeded with (seed, e) that reads one epoch; a resumed run
+rebuilds it and skips the batches already consumed, so the data position follows from the step alone.
+Each process reads its own slice of every split (input_pipeline.host_split).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from avtca_jax.data_sources import DataError
+
+SPLIT_NAMES = {"train": "train", "validation": "validation", "test": "test"}
+
+
+class TfdsSource:
+  def __init__(self, config, process_index: int = 0, process_count: int = 1):
+    from avtca_jax import input_pipeline
+
+    self._pipeline = input_pipeline
+    self.config = config
+    self.process_index, self.process_count = process_index, process_count
+    self.kwargs = dict(data_dir=config.data.data_dir or None, config_name=config.data.builder_config or None)
+    builder_config = config.data.builder_config
+    try:
+      self.info = input_pipeline.dataset_info(config.data.name, **self.kwargs)
+    except FileNotFoundError as error:
+      if builder_config != "generated":
+        raise DataError(f"dataset {config.data.name}/{builder_config} is not available: {error}") from error
+      self._build_generated()
+      self.info = input_pipeline.dataset_info(config.data.name, **self.kwargs)
+    except Exception as error:  # an unknown builder or config name, an unreadable directory
+      raise DataError(f"dataset {config.data.name!r} (config {builder_config!r}, data_dir "
+                      f"{config.data.data_dir or 'tfds default'}): {error}") from error
+
+  def _build_generated(self):
+    """The generated dataset needs no download: build it on first use (about a minute)."""
+    import tensorflow_datasets as tfds
+    import data.ravdess  # noqa: F401  (registers the builder)
+    from absl import logging
+    logging.info("building the generated dataset %s/generated (first run only)", self.config.data.name)
+    builder = tfds.builder(self.config.data.name, data_dir=self.kwargs["data_dir"],
+                           config=self.kwargs["config_name"])
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+
+  def split_name(self, split: str) -> str:
+    protocol = self.config.data.protocol
+    if protocol == "paper_random":
+      return f"paper_random_{split}"
+    return f"{protocol}_{split}"
+
+  def num_examples(self, split: str) -> int:
+    return int(self.info["num_examples"].get(self.split_name(split), 0))
+
+  @property
+  def has_frames(self) -> bool:
+    return True
+
+  def frame_shape(self):
+    return (self.info["num_frames"], self.info["image_size"], self.info["image_size"], 3)
+
+  def train_batches(self, epoch: int, skip: int, global_batch: int, seed: int):
+    ds = self._pipeline.create_dataset(
+        self.config.data.name, self.split_name("train"), batch_size=global_batch, train=True,
+        seed=int(np.random.default_rng([seed, epoch]).integers(2**31)), num_epochs=1,
+        cache=self.config.data.cache, process_index=self.process_index, process_count=self.process_count,
+        **self.kwargs)
+    return iter(ds.skip(skip).as_numpy_iterator())
+
+  def eval_batches(self, split: str, global_batch: int):
+    ds = self._pipeline.create_dataset(
+        self.config.data.name, self.split_name(split), batch_size=global_batch, train=False,
+        process_index=self.process_index, process_count=self.process_count, **self.kwargs)
+    return ds.as_numpy_iterator()

@@ -1,0 +1,566 @@
+"""Train and evaluate AVT-CA: `python -m avtca_jax.train --config=configs/ravdess.py --workdir=DIR`.
+
+Reads top to bottom like flax's imagenet example: setup, mesh, data, model and optimizer, step functions,
+checkpoint restore, loop, evaluation. Design notes and measurements: docs/training.md.
+
+- One `jax.jit`-compiled step, data-parallel with pmap semantics: `jax.shard_map` over the `data` axis of
+  a mesh of every device of every host; each device gets its slice of the global batch, gradients are
+  averaged over the axis; the state is replicated and donated. Batch-norm statistics are per device or
+  global (`config.batch_norm`).
+- Metrics stay on the devices until a log step; that is the only host synchronisation.
+- Restarting with the same workdir resumes: state (params, batch statistics, optimizer), step, data
+  position and RNG. SIGTERM saves a checkpoint and exits 0. A NaN/inf loss or gradient stops the run
+  (exit 1) without saving the bad state.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any, Dict, Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags, logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import struct
+from jax.sharding import NamedSharding, PartitionSpec as P
+from ml_collections import config_flags
+
+from avtca_jax import augment, checkpointing, data_sources, metric_writers, metrics as metrics_lib, splits
+from avtca_jax.models import avtca
+
+Array = jax.Array
+
+
+class ConfigError(ValueError):
+  """A config that cannot run (raised before any compilation)."""
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+# ---- Setup ---------------------------------------------------------------------------------------------
+
+
+def default_config(variant: str = "default") -> ml_collections.ConfigDict:
+  from configs import ravdess
+  return ravdess.get_config(variant)
+
+
+def _flat_keys(config, prefix=""):
+  out = set()
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out |= _flat_keys(value, f"{prefix}{key}.")
+    else:
+      out.add(prefix + key)
+  return out
+
+
+def validate_config(config) -> None:
+  """Unknown keys and bad values, with a message that says what to change."""
+  reference = default_config(config.get("variant", "default") or "default")
+  unknown = sorted(_flat_keys(config) - _flat_keys(reference))
+  if unknown:
+    hints = []
+    for key in unknown:
+      close = difflib.get_close_matches(key, sorted(_flat_keys(reference)), n=1)
+      hints.append(f"{key}" + (f" (did you mean {close[0]}?)" if close else ""))
+    raise ConfigError(f"unknown config key(s): {', '.join(hints)}")
+  choices = {"model": ("avtca", "audio"), "fusion": avtca.FUSIONS, "dtype": ("float32", "bfloat16"),
+             "batch_norm": ("per_device", "global"), "optimizer": ("sgd", "adam", "adamw"),
+             "schedule": ("multistep", "cosine", "constant"), "channel_order": ("rgb", "bgr"),
+             "modality_dropout": ("softhard", "noise", "none")}
+  for key, allowed in choices.items():
+    if config[key] not in allowed:
+      raise ConfigError(f"config.{key}={config[key]!r}: expected one of {allowed}")
+  if config.data.protocol not in splits.PROTOCOLS:
+    raise ConfigError(f"config.data.protocol={config.data.protocol!r}: expected one of {splits.PROTOCOLS}")
+  if config.batch_size <= 0:
+    raise ConfigError(f"config.batch_size must be positive, got {config.batch_size}")
+
+
+def initialize_distributed(config) -> None:
+  """Multi-host: one process per host (or several on one machine for tests, with CPU collectives)."""
+  dist = config.distributed
+  if not dist.coordinator_address:
+    return
+  try:  # CPU processes (tests, CPU clusters) need a collectives backend; harmless elsewhere
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  except Exception:  # a jax without the option: its default works
+    pass
+  if dist.coordinator_address == "auto":  # TPU pods / SLURM: everything is discovered
+    jax.distributed.initialize()
+  else:
+    jax.distributed.initialize(coordinator_address=dist.coordinator_address,
+                               num_processes=dist.num_processes, process_id=dist.process_id)
+
+
+def create_mesh() -> jax.sharding.Mesh:
+  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+# ---- Model and optimizer -------------------------------------------------------------------------------
+
+
+@struct.dataclass
+class TrainState:
+  step: Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: Array  # raw uint32 key data of the run's base key: checkpointable as a plain array
+
+
+def create_model(config):
+  return avtca.create_model(
+      config.model, num_classes=config.num_classes, fusion=config.fusion, num_heads=config.num_heads,
+      num_frames=config.num_frames, image_size=config.image_size, dtype=jnp.dtype(config.dtype),
+      conv_impl=config.conv_impl, bn_axis_name="data" if config.batch_norm == "global" else None)
+
+
+def create_learning_rate_fn(config, steps_per_epoch: int) -> optax.Schedule:
+  """Per-step learning rate. Multistep follows the original's `adjust_learning_rate`: epochs count from
+  1 and the rate of epoch e is lr * decay**(number of boundaries <= e), so boundary 40 acts from the
+  start of the 40th epoch (0-based epoch 39)."""
+  total_steps = total_train_steps(config, steps_per_epoch)
+  warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+  base = config.learning_rate
+  if config.schedule == "multistep":
+    main = optax.piecewise_constant_schedule(
+        base, {max(int((e - 1) * steps_per_epoch) - warmup_steps, 1): config.lr_decay
+               for e in config.lr_boundaries_epochs})
+  elif config.schedule == "cosine":
+    main = optax.cosine_decay_schedule(base, max(total_steps - warmup_steps, 1))
+  else:
+    main = optax.constant_schedule(base)
+  if warmup_steps <= 0:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, base, warmup_steps), main], [warmup_steps])
+
+
+def create_optimizer(config, learning_rate_fn) -> optax.GradientTransformation:
+  """'sgd': PyTorch SGD(momentum, dampening, weight_decay) as the original (spec 5): L2 added to the
+  gradient, then an exponential average (dampening 0.9 = momentum 0.9). 'adam': the paper's Adam with
+  PyTorch-style L2 weight decay. 'adamw': Adam with decoupled weight decay on the kernels only."""
+  if config.optimizer == "sgd":
+    return optax.chain(optax.add_decayed_weights(config.weight_decay), optax.scale(1.0 - config.dampening),
+                       optax.trace(decay=config.momentum), optax.scale_by_learning_rate(learning_rate_fn))
+  if config.optimizer == "adamw":  # decoupled decay, not on biases and norm scales/offsets
+    return optax.adamw(learning_rate_fn, weight_decay=config.weight_decay,
+                       mask=lambda params: jax.tree.map(lambda x: x.ndim > 1, params))
+  return optax.chain(optax.add_decayed_weights(config.weight_decay), optax.scale_by_adam(),
+                     optax.scale_by_learning_rate(learning_rate_fn))
+
+
+def total_train_steps(config, steps_per_epoch: int) -> int:
+  return config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
+
+
+def model_inputs(config, batch, rng: Optional[Array] = None, train: bool = False):
+  """(mfcc, frames or None, labels): uint8 RGB frames -> float in the configured channel order, with the
+  train-time augmentation and modality dropout drawn from `rng`."""
+  mfcc, labels, frames = batch["mfcc"], batch["label"], batch.get("frames")
+  if config.model == "audio":
+    return mfcc, None, labels
+  if train and config.flip_rotate:
+    frames = augment.random_flip_and_rotate(jax.random.fold_in(rng, 0), frames)
+  frames = avtca.frames_from_uint8(frames, config.channel_order)
+  if frames.shape[2] != config.image_size:  # a smaller model input than the stored crops (fast configs)
+    size = (config.image_size, config.image_size)
+    frames = jax.image.resize(frames, frames.shape[:2] + size + frames.shape[4:], "bilinear")
+  if train and config.modality_dropout != "none":
+    mfcc, frames, labels = augment.modality_dropout(jax.random.fold_in(rng, 1), config.modality_dropout,
+                                                    mfcc, frames, labels)
+  return mfcc, frames, labels
+
+
+def abstract_variables(model, config):
+  """Shapes of {'params', 'batch_stats'} without computing anything."""
+  mfcc = jax.ShapeDtypeStruct((1,) + avtca.MFCC_SHAPE, jnp.float32)
+  frames = jax.ShapeDtypeStruct((1, config.num_frames, config.image_size, config.image_size, 3), jnp.float32)
+  return jax.eval_shape(lambda r, m, f: model.init(r, m, f, train=False), jax.random.key(0), mfcc, frames)
+
+
+def create_train_state(config, model, tx, mesh, abstract: bool = False) -> TrainState:
+  replicated = NamedSharding(mesh, P())
+  rng = jax.random.key_data(jax.random.key(config.seed))
+
+  def build(variables):
+    return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(variables["params"]),
+                      rng=rng)
+
+  if abstract:
+    shapes = jax.eval_shape(build, abstract_variables(model, config))
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes)
+  variables = avtca.init_variables(model, jax.random.fold_in(jax.random.key(config.seed), 1))
+  if config.init_checkpoint:
+    from avtca_jax import convert
+    if not os.path.isdir(config.init_checkpoint):
+      raise ConfigError(f"config.init_checkpoint={config.init_checkpoint!r} is not a directory (a converted "
+                        "checkpoint from `python -m avtca_jax.convert`)")
+    try:
+      variables = convert.load_init_checkpoint(os.path.abspath(config.init_checkpoint), into=variables)
+    except convert.ConversionError as error:
+      raise ConfigError(f"config.init_checkpoint={config.init_checkpoint}: {error}") from error
+    logging.info("initialised from %s", config.init_checkpoint)
+  return jax.device_put(build(variables), replicated)
+
+
+# ---- Step functions ------------------------------------------------------------------------------------
+
+
+def make_train_step(config, model, tx, mesh):
+  """state, global batch -> state, summed metrics. shard_map gives pmap semantics inside one jit."""
+
+  def train_step(state: TrainState, batch):  # per device: its slice of the batch
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    rng = jax.random.fold_in(rng, jax.lax.axis_index("data"))
+    mfcc, frames, labels = model_inputs(config, batch, rng, train=True)
+
+    def loss_fn(params):
+      logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, mfcc, frames,
+                                    train=True, mutable=["batch_stats"])
+      if config.label_smoothing > 0:
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, config.num_classes), config.label_smoothing)
+        loss = optax.softmax_cross_entropy(logits, targets).mean()
+      else:
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      return loss, (logits, updates["batch_stats"])
+
+    # pmap semantics: each device differentiates its own loss with respect to its own copy of the params
+    # (`pcast(..., to='varying')` marks the replicated params as per-device values, a no-op at run time),
+    # then the gradients are averaged. Differentiating the unvarying params directly would make shard_map
+    # sum the gradients over devices implicitly, and custom-VJP layers (the batch norm) need per-device
+    # cotangents for per-device inputs.
+    local_params = jax.tree.map(lambda p: jax.lax.pcast(p, "data", to="varying"), state.params)
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(local_params)
+    grads = jax.lax.pmean(grads, "data")
+    # Per-device statistics are averaged so the replicated state stays identical on every device
+    # (flax imagenet's sync_batch_stats, every step: it is a few KB).
+    batch_stats = jax.lax.pmean(batch_stats, "data")
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    count = jnp.asarray(labels.shape[0], jnp.float32)
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+    step_metrics = {"loss_sum": loss * count, "correct": jnp.sum(jnp.argmax(logits, -1) == labels),
+                    "count": count, "nonfinite": 1 - finite.astype(jnp.int32)}
+    step_metrics = jax.lax.psum(step_metrics, "data")
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+    return new_state, step_metrics
+
+  sharded = jax.shard_map(train_step, mesh=mesh, in_specs=(P(), P("data")), out_specs=(P(), P()))
+  return jax.jit(sharded, donate_argnums=(0,))
+
+
+REMOVALS = {None: (1, 0, 1, 0), "both": (1, 0, 1, 0), "audio_zeros": (0, 0, 1, 0), "audio_noise": (0, 1, 1, 0),
+            "video_zeros": (1, 0, 0, 0), "video_noise": (1, 0, 0, 1)}
+
+
+def removal_weights(remove: Optional[str]) -> np.ndarray:
+  """(audio kept, audio noise, video kept, video noise) for a removal mode: the original's single-modality
+  evaluation (spec 6) replaces a stream by zeros or by N(0, 1) noise."""
+  if remove not in REMOVALS:
+    raise ValueError(f"unknown stream removal {remove!r}; expected one of {sorted(k for k in REMOVALS if k)}")
+  return np.asarray(REMOVALS[remove], np.float32)
+
+
+def make_predict_step(config, model, mesh):
+  """(state, batch, removal weights (4,)) -> (logits, labels, mask), sharded over `data`. The removal is an
+  input, not a constant, so every mode runs the same compiled program."""
+
+  def predict_step(state: TrainState, batch, weights):
+    mfcc, frames, labels = model_inputs(config, batch)
+    key = jax.random.fold_in(jax.random.key(12345), jax.lax.axis_index("data"))
+    audio_key, video_key = jax.random.split(key)
+    mfcc = weights[0] * mfcc + weights[1] * jax.random.normal(audio_key, mfcc.shape, mfcc.dtype)
+    if frames is not None:
+      frames = weights[2] * frames + weights[3] * jax.random.normal(video_key, frames.shape, frames.dtype)
+    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, mfcc, frames, train=False)
+    return logits, labels, batch["mask"]
+
+  sharded = jax.shard_map(predict_step, mesh=mesh, in_specs=(P(), P("data"), P()), out_specs=P("data"))
+  return jax.jit(sharded)
+
+
+DEVICE_KEYS = ("mfcc", "frames", "label", "mask")
+
+
+def to_devices(batch: Dict[str, np.ndarray], mesh) -> Dict[str, Array]:
+  """Process-local rows -> global arrays sharded over `data` (each process holds its own rows)."""
+  sharding = NamedSharding(mesh, P("data"))
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items() if k in DEVICE_KEYS}
+
+
+def _to_host(x: Array) -> np.ndarray:
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def predict(predict_step, state, source, split: str, batch_size: int, mesh, remove: Optional[str] = None):
+  """Logits (N, C) and labels (N,) of a whole split, padding removed, on every host."""
+  logits, labels = [], []
+  weights = jax.device_put(removal_weights(remove), NamedSharding(mesh, P()))
+  for batch in source.eval_batches(split, batch_size):
+    out_logits, out_labels, mask = predict_step(state, to_devices(batch, mesh), weights)
+    mask = _to_host(mask).astype(bool)
+    logits.append(_to_host(out_logits)[mask])
+    labels.append(_to_host(out_labels)[mask])
+  return np.concatenate(logits), np.concatenate(labels)
+
+
+def evaluate_split(predict_step, state, source, split, batch_size, mesh, num_classes) -> Dict[str, float]:
+  logits, labels = predict(predict_step, state, source, split, batch_size, mesh)
+  return metrics_lib.classification_metrics(logits, labels, num_classes)
+
+
+# ---- Preemption ----------------------------------------------------------------------------------------
+
+
+class StopRequest:
+  """SIGTERM (TPU preemption, `kill`) sets a flag; the loop saves and exits at the next step boundary."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    logging.warning("SIGTERM: saving a checkpoint and stopping")
+    self.requested = True
+
+  def should_stop(self, sync: bool) -> bool:
+    if jax.process_count() == 1 or not sync:
+      return self.requested and jax.process_count() == 1
+    from jax.experimental import multihost_utils  # every process must stop at the same step
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+# ---- Loop ----------------------------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Runs (or resumes) training in `workdir`; returns the final validation / test metrics."""
+  # Setup: everything that can fail on a bad input fails here, before any compilation.
+  validate_config(config)
+  workdir = os.path.abspath(workdir)
+  checkpointing.check_workdir(workdir, config)
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+
+  # Mesh: every device of every host on one `data` axis.
+  mesh = create_mesh()
+  num_devices, num_processes = jax.device_count(), jax.process_count()
+  if config.batch_size % num_devices:
+    raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the {num_devices} devices "
+                      f"(global batch = devices x per-device batch); use a multiple of {num_devices}")
+  eval_batch_size = config.eval_batch_size or config.batch_size
+  if eval_batch_size % num_devices:
+    raise ConfigError(f"config.eval_batch_size={eval_batch_size} is not divisible by the {num_devices} devices")
+
+  # Data.
+  source = data_sources.create_source(config, jax.process_index(), num_processes)
+  if config.model == "avtca" and not source.has_frames:
+    raise ConfigError("config.model='avtca' needs video frames, but this data source has audio only; "
+                      "use config.model='audio'")
+  if source.has_frames:
+    frames, size = source.frame_shape()[0], source.frame_shape()[1]
+    if frames != config.num_frames or size < config.image_size:
+      raise ConfigError(f"dataset frames are {tuple(source.frame_shape())}; the config wants {config.num_frames} "
+                        f"frames of {config.image_size} px (crops are resized down on the device, never up): "
+                        "set config.num_frames / config.image_size")
+  steps_per_epoch = source.num_examples(config.data.train_split) // config.batch_size
+  if steps_per_epoch == 0:
+    raise ConfigError(f"the training split has {source.num_examples(config.data.train_split)} clips, fewer "
+                      f"than one batch of {config.batch_size}")
+  num_steps = total_train_steps(config, steps_per_epoch)
+  has_eval = source.num_examples(config.data.eval_split) > 0
+
+  # Model and optimizer.
+  model = create_model(config)
+  learning_rate_fn = create_learning_rate_fn(config, steps_per_epoch)
+  tx = create_optimizer(config, learning_rate_fn)
+  checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
+
+  # Checkpoint restore, or a fresh state.
+  abstract_state = create_train_state(config, model, tx, mesh, abstract=True)
+  start_step = checkpoints.latest_step()
+  if start_step is not None:
+    state, meta = checkpoints.restore(abstract_state, start_step)
+    logging.info("resumed from step %d (epoch %d, batch %d)", start_step, meta["epoch"], meta["position"])
+  else:
+    start_step = 0
+    state = create_train_state(config, model, tx, mesh)
+    checkpointing.write_model_json(workdir, config)
+    if is_main:
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=1))
+  logging.info("%d devices on %d processes, %d steps (%d per epoch), batch %d (%d per device)", num_devices,
+               num_processes, num_steps, steps_per_epoch, config.batch_size, config.batch_size // num_devices)
+
+  # Step functions.
+  train_step = make_train_step(config, model, tx, mesh)
+  predict_step = make_predict_step(config, model, mesh)
+
+  writer = metric_writers.MetricWriter(workdir, enabled=is_main)
+  stop = StopRequest()
+  progress = None
+  if is_main and config.progress_bar and sys.stderr.isatty():
+    from tqdm import tqdm
+    progress = tqdm(total=num_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+  def meta_of(step):
+    epoch, position = divmod(step, steps_per_epoch)
+    return {"step": step, "epoch": epoch, "position": position, "model": checkpointing.model_descriptor(config)}
+
+  def save(step):
+    checkpoints.save(state, meta_of(step))
+
+  # Loop.
+  pending = []  # per-step metrics, still on the devices
+  batches = None
+  last_log_time, last_log_step = time.time(), start_step
+  summary: Dict[str, Any] = {}
+  status = "finished"
+  try:
+    for step in range(start_step, num_steps):
+      epoch, position = divmod(step, steps_per_epoch)
+      if batches is None or position == 0:
+        batches = source.train_batches(epoch, position, config.batch_size, config.seed)
+      state, step_metrics = train_step(state, to_devices(next(batches), mesh))
+      pending.append(step_metrics)
+      done = step + 1
+      end_of_epoch = done % steps_per_epoch == 0
+      save_now = (done % config.checkpoint_every_steps == 0 if config.checkpoint_every_steps > 0
+                  else end_of_epoch) or done == num_steps
+      eval_now = has_eval and end_of_epoch and (done // steps_per_epoch) % config.eval_every_epochs == 0
+      # Saving (also after SIGTERM) and evaluating are log steps: a state is never saved unchecked.
+      log_now = (done % config.log_every_steps == 0 or done == start_step + 1 or save_now or eval_now
+                 or (stop.requested and num_processes == 1))
+      if progress is not None:
+        progress.update(1)
+
+      if log_now:  # the only host synchronisation
+        host = jax.device_get(pending)
+        pending = []
+        nonfinite = sum(int(m["nonfinite"]) for m in host)
+        if nonfinite:
+          raise NonFiniteLossError(
+              f"non-finite loss or gradient in the {len(host)} steps up to step {done} (lr "
+              f"{float(learning_rate_fn(done - 1)):.3g}). Stopped without saving; the last good checkpoint "
+              f"is step {checkpoints.latest_step()} in {workdir}/checkpoints. Lower the learning rate "
+              "or check the inputs.")
+        now = time.time()
+        count = sum(float(m["count"]) for m in host)
+        record = {"train/loss": sum(float(m["loss_sum"]) for m in host) / count,
+                  "train/accuracy": sum(float(m["correct"]) for m in host) / count,
+                  "train/learning_rate": float(learning_rate_fn(done - 1)),
+                  "train/step_time": (now - last_log_time) / (done - last_log_step),
+                  "train/clips_per_second": config.batch_size * (done - last_log_step) / (now - last_log_time),
+                  "epoch": done / steps_per_epoch}
+        writer.write(done, record)
+        if progress is not None:
+          progress.set_postfix(loss=f"{record['train/loss']:.3f}", acc=f"{record['train/accuracy']:.3f}")
+        elif is_main:
+          logging.info("step %d: loss %.4f accuracy %.3f lr %.3g %.1f clips/s", done, record["train/loss"],
+                       record["train/accuracy"], record["train/learning_rate"], record["train/clips_per_second"])
+        last_log_time, last_log_step = time.time(), done
+
+      if eval_now:
+        val = evaluate_split(predict_step, state, source, config.data.eval_split, eval_batch_size, mesh,
+                             config.num_classes)
+        writer.write(done, {f"validation/{k}": v for k, v in val.items()})
+        if is_main:
+          logging.info("step %d (epoch %d) validation: accuracy %.4f UAR %.4f macro-F1 %.4f", done,
+                       done // steps_per_epoch, val["accuracy"], val["uar"], val["macro_f1"])
+        checkpoints.save_best(state, meta_of(done), val["accuracy"])
+        summary["validation"] = val
+        last_log_time = time.time()  # evaluation time is not training time
+      if save_now:
+        save(done)
+      if stop.should_stop(sync=log_now):
+        save(done)
+        status = "preempted"
+        logging.warning("stopped at step %d after SIGTERM; rerun the same command to resume", done)
+        break
+    else:
+      if start_step >= num_steps:
+        logging.info("nothing to do: the workdir's run already reached step %d", start_step)
+    checkpoints.wait()
+
+    # Evaluation: the test split with the best-validation checkpoint (the original's protocol, spec 6).
+    if status == "finished" and config.evaluate_test and source.num_examples(config.data.test_split) > 0:
+      use_best = checkpoints.best.best_step() is not None
+      test_state = checkpoints.restore(abstract_state, best=True)[0] if use_best else state
+      test = evaluate_split(predict_step, test_state, source, config.data.test_split, eval_batch_size, mesh,
+                            config.num_classes)
+      test["checkpoint_step"] = int(checkpoints.best.best_step() if use_best else num_steps)
+      writer.write(num_steps, {f"test/{k}": v for k, v in test.items()})
+      summary["test"] = test
+      if is_main:
+        logging.info("test (best validation checkpoint, step %d): accuracy %.4f UAR %.4f macro-F1 %.4f",
+                     test["checkpoint_step"], test["accuracy"], test["uar"], test["macro_f1"])
+        with open(os.path.join(workdir, "test_metrics.json"), "w") as f:
+          json.dump(test, f, indent=1)
+  finally:
+    if progress is not None:
+      progress.close()
+    writer.close()
+    stop.restore()
+    checkpoints.wait()
+    checkpoints.close()
+  summary["status"] = status
+  return summary
+
+
+# ---- Command line --------------------------------------------------------------------------------------
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Command-line flags (defined only when run as a program, so the module can be imported anywhere)."""
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics; rerun with it to resume.")
+  config_flags.DEFINE_config_file("config", None, "Training config (configs/ravdess.py[:variant]).",
+                                  lock_config=True)
+
+
+class _QuietLibraries:
+  """Drops the per-operation INFO lines of orbax (a dozen per checkpoint) from the log."""
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+
+
+def main(argv):
+  del argv
+  logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
+  config = FLAGS.config
+  initialize_distributed(config)
+  try:
+    train_and_evaluate(config, FLAGS.workdir)
+  except (ConfigError, data_sources.DataError, checkpointing.CheckpointMismatchError, NonFiniteLossError) as error:
+    sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

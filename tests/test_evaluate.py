@@ -1,0 +1,141 @@
+"""Evaluation (metrics files, stream removal, agreement with the trainer), cross-validation and prediction."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "ravdess"
+
+
+def _config(variant="smoke", **overrides):
+  from configs import ravdess
+  config = ravdess.get_config(variant)
+  config.update_from_flattened_dict(overrides)
+  return config
+
+
+def write_untrained_workdir(workdir: Path, config):
+  """A workdir holding the freshly initialised state as its step-0 checkpoint (no training needed)."""
+  from avtca_jax import checkpointing, train as train_lib
+  workdir.mkdir(parents=True, exist_ok=True)
+  mesh = train_lib.create_mesh()
+  model = train_lib.create_model(config)
+  tx = train_lib.create_optimizer(config, train_lib.create_learning_rate_fn(config, 10))
+  state = train_lib.create_train_state(config, model, tx, mesh)
+  checkpoints = checkpointing.Checkpoints(str(workdir), async_save=False)
+  checkpoints.save(state, {"step": 0, "epoch": 0, "position": 0, "model": checkpointing.model_descriptor(config)})
+  checkpoints.close()
+  checkpointing.write_model_json(str(workdir), config)
+  (workdir / "config.json").write_text(config.to_json_best_effort())
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def avtca_workdir(tmp_path_factory):
+  config = _config(**{"data.source": "synthetic", "data.num_examples": 16, "image_size": 32})
+  return write_untrained_workdir(tmp_path_factory.mktemp("avtca"), config)
+
+
+@pytest.fixture(scope="module")
+def trained_audio_workdir(tmp_path_factory):
+  """An audio model trained for 3 short epochs by the real command (evaluating and testing at the end)."""
+  workdir = tmp_path_factory.mktemp("audio")
+  command = [sys.executable, "-m", "avtca_jax.train", "--config=configs/ravdess.py:smoke", f"--workdir={workdir}",
+             "--config.model=audio", "--config.data.source=synthetic", "--config.num_train_steps=-1",
+             "--config.num_epochs=3", "--config.batch_size=8", "--config.data.num_examples=64"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
+  result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+def test_evaluate_writes_metrics_report_and_confusion_png_with_streams_removed(avtca_workdir, tmp_path):
+  from avtca_jax import evaluate
+  out = tmp_path / "eval"
+  results = evaluate.evaluate(str(avtca_workdir), split="test",
+                              removals=["audio_zeros", "video_zeros", "video_noise"], output_dir=str(out))
+  assert list(results) == ["both", "audio_zeros", "video_zeros", "video_noise"]
+  for mode, r in results.items():
+    assert r["count"] == 8 and 0 <= r["accuracy"] <= 1 and 0 <= r["uar"] <= 1 and 0 <= r["macro_f1"] <= 1
+    assert np.asarray(r["confusion_matrix"]).sum() == 8
+    assert (out / f"test_{mode}.json").exists() and (out / f"test_{mode}_report.txt").exists()
+    assert (out / f"test_{mode}_confusion.png").read_bytes()[:4] == b"\x89PNG"
+  # Removing a stream changes what the model sees (slightly for the video stream of an untrained model).
+  losses = {mode: r["loss"] for mode, r in results.items()}
+  assert len(set(losses.values())) == 4, losses
+  summary = json.loads((out / "test_summary.json").read_text())
+  assert summary["both"]["accuracy"] == results["both"]["accuracy"]
+
+
+def test_evaluate_agrees_with_the_trainers_test_metrics(trained_audio_workdir):
+  from avtca_jax import evaluate
+  trainer = json.loads((trained_audio_workdir / "test_metrics.json").read_text())
+  results = evaluate.evaluate(str(trained_audio_workdir), split="test", removals=[])
+  assert list(results) == ["both"]
+  assert results["both"]["step"] == trainer["checkpoint_step"]
+  for key in ("accuracy", "uar", "macro_f1"):
+    assert results["both"][key] == pytest.approx(trainer[key], abs=1e-9)
+  assert trainer["accuracy"] > 0.5  # synthetic audio classes are easy: far above chance (0.125)
+
+
+def test_evaluate_command_line(trained_audio_workdir):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
+  result = subprocess.run([sys.executable, "-m", "avtca_jax.evaluate", f"--workdir={trained_audio_workdir}",
+                           "--split=validation"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "accuracy" in result.stdout and "macro F1" in result.stdout
+  assert (trained_audio_workdir / "eval" / "validation_both_confusion.png").exists()
+
+
+def test_cross_validation_summary_by_hand():
+  from avtca_jax import cross_validation
+  per_fold = {f"fold{k}": {"both": {"accuracy": a, "uar": a, "macro_f1": a, "loss": 1.0, "count": 10}}
+              for k, a in zip((1, 2, 3), (0.5, 0.6, 0.7))}
+  summary = cross_validation.summarize(per_fold)
+  assert summary["both"]["accuracy"]["mean"] == pytest.approx(0.6)
+  assert summary["both"]["accuracy"]["std"] == pytest.approx(0.1)  # sample std of 0.5, 0.6, 0.7
+  text = cross_validation.markdown(per_fold, summary)
+  assert "60.00 ± 10.00" in text and text.count("| fold") == 4  # the header and 3 folds
+
+
+def test_cross_validation_runs_every_fold(tmp_path):
+  from avtca_jax import cross_validation
+  config = _config(**{"model": "audio", "data.source": "synthetic", "num_train_steps": 6, "batch_size": 8,
+                      "data.num_examples": 32})
+  report = cross_validation.run(config, str(tmp_path), folds=(1, 2), removals=[])
+  assert set(report["per_fold"]) == {"fold1", "fold2"}
+  assert json.loads((tmp_path / "fold2" / "config.json").read_text())["data"]["protocol"] == "fold2"
+  assert (tmp_path / "cross_validation.md").read_text().count("mean ± std") == 1
+  assert json.loads((tmp_path / "cross_validation.json").read_text())["summary"]["both"]["accuracy"]["folds"] == 2
+
+
+def test_predict_audio_clip(trained_audio_workdir, capsys):
+  clip = SHARED / "audio_speech_22k" / "Actor_05" / "03-01-05-02-01-01-05.flac"
+  if not clip.exists():
+    pytest.skip("real RAVDESS audio not available")
+  from avtca_jax import predict
+  assert predict.main([str(trained_audio_workdir), str(clip)]) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  probabilities = [float(line.split()[-1]) for line in lines[1:]]
+  assert len(probabilities) == 8 and sum(probabilities) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_predict_real_video_clip(avtca_workdir, capsys):
+  videos = sorted((SHARED / "video_actor05").glob("*.mp4"))
+  if not videos:
+    pytest.skip("real RAVDESS clips not available")
+  pytest.importorskip("facenet_pytorch")
+  from avtca_jax import predict
+  assert predict.main([str(avtca_workdir), str(videos[0])]) == 0
+  out = capsys.readouterr().out.strip().splitlines()
+  assert out[0].startswith(videos[0].name)
+  probabilities = [float(line.split()[-1]) for line in out[1:]]
+  assert len(probabilities) == 8 and sum(probabilities) == pytest.approx(1.0, abs=1e-3)
