@@ -27,6 +27,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from avtca_jax.preprocessing import audio as shared_audio
+from avtca_jax.preprocessing import names
 from avtca_jax.splits import assign_split
 
 SAMPLE_RATE = 22050
@@ -45,20 +46,13 @@ PathLike = Union[str, os.PathLike]
 def parse_name(path: PathLike) -> Tuple[int, int]:
   """(label 0..7, actor 1..24) from a RAVDESS name such as '03-01-05-02-01-01-17.flac'.
 
-  The name has 7 two-digit fields separated by '-'; the emotion is the 3rd (01..08), the actor the 7th.
-  Suffixes after the 7th field's two digits (e.g. '_croppad') are not allowed: the original never reads them.
+  Parsing is the preprocessing package's (`preprocessing.names.parse_name`); here a suffix after the 7th field
+  (e.g. '_croppad', the original's re-saved copies) is refused too, so such copies are never counted twice.
   """
-  stem = Path(path).name.split(".")[0]
-  fields = stem.split("-")
-  if len(fields) != 7 or not all(len(f) == 2 and f.isdigit() for f in fields):
-    raise ValueError(f"{path}: not a RAVDESS file name (expected 7 two-digit fields separated by '-', "
-                     f"like 03-01-05-02-01-01-17.wav)")
-  emotion, actor = int(fields[2]), int(fields[6])
-  if not 1 <= emotion <= 8:
-    raise ValueError(f"{path}: emotion field {fields[2]!r} is outside 01..08")
-  if not 1 <= actor <= 24:
-    raise ValueError(f"{path}: actor field {fields[6]!r} is outside 01..24")
-  return emotion - 1, actor
+  name = names.parse_name(path)
+  if name.suffix:
+    raise ValueError(f"{path}: unexpected suffix {name.suffix!r} after the 7 RAVDESS fields (a derived copy?)")
+  return name.label, name.actor
 
 
 def crop_or_pad(waveform: np.ndarray) -> np.ndarray:
