@@ -36,7 +36,7 @@ CLIP_SAMPLES = int(SAMPLE_RATE * CLIP_SECONDS)  # 79,380
 NUM_MFCC = 10
 NUM_FRAMES = 1 + CLIP_SAMPLES // 512  # 156
 AUDIO_SUFFIXES = (".wav", ".flac")
-EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
+EMOTIONS = names.EMOTIONS
 # Bump when the features change, so stale caches are never read.
 FEATURE_VERSION = "mfcc10-n2048-h512-reflect-v1"
 
