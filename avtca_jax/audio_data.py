@@ -147,3 +147,35 @@ def split_by_protocol(data: Dict[str, np.ndarray], protocol: str, seed: int = 0)
 
 def class_counts(labels: Iterable[int]) -> np.ndarray:
   return np.bincount(np.asarray(list(labels), np.int64), minlength=len(EMOTIONS))
+
+
+# 'train': one mean/std per coefficient from the train split (inductive, the usual choice).
+# 'clip': per-clip cepstral mean and variance normalisation over the clip's 156 frames (inductive).
+# 'speaker': per-actor mean/std over all of that actor's clips, including the test actors' (unlabelled)
+#   audio: transductive speaker normalisation, common in speech-emotion papers; reported separately.
+# 'none': raw MFCCs, as the original.
+NORMALIZATIONS = ("train", "clip", "speaker", "none")
+
+
+def normalize_mfcc(parts, mode: str):
+  """Normalised copies of each split's MFCCs (see NORMALIZATIONS) and the statistics used ('train' only)."""
+  if mode not in NORMALIZATIONS:
+    raise ValueError(f"normalize={mode!r}; expected one of {NORMALIZATIONS}")
+  out, stats = {}, {}
+  if mode == "train":
+    train_mfcc = parts["train"]["mfcc"]
+    mean = train_mfcc.mean(axis=(0, 1))
+    std = train_mfcc.std(axis=(0, 1)) + 1e-6
+    stats = {"mean": mean.tolist(), "std": std.tolist()}
+  for name, p in parts.items():
+    x = p["mfcc"].astype(np.float64)
+    if mode == "train":
+      x = (x - mean) / std
+    elif mode == "clip":
+      x = (x - x.mean(axis=1, keepdims=True)) / (x.std(axis=1, keepdims=True) + 1e-6)
+    elif mode == "speaker":
+      for actor in np.unique(p["actor"]):
+        rows = p["actor"] == actor
+        x[rows] = (x[rows] - x[rows].mean(axis=(0, 1))) / (x[rows].std(axis=(0, 1)) + 1e-6)
+    out[name] = x.astype(np.float32)
+  return out, stats

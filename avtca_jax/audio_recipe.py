@@ -30,8 +30,8 @@ import numpy as np
 import optax
 
 from avtca_jax import metrics
-from avtca_jax.audio_data import EMOTIONS, load_ravdess_audio, split_by_protocol
-from avtca_jax.models.avtca import AudioClassifier
+from avtca_jax.audio_data import EMOTIONS, NORMALIZATIONS, load_ravdess_audio, normalize_mfcc, split_by_protocol
+from avtca_jax.models.avtca import MFCC_SHAPE, AudioClassifier
 
 NUM_CLASSES = len(EMOTIONS)
 DEFAULT_AUDIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ravdess" / "audio_speech_22k"
@@ -39,7 +39,7 @@ DEFAULT_AUDIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "dat
 # The recipe, chosen by validation accuracy on folds 1 and 3 (docs/audio_only.md). Plain dict so that an
 # ml_collections config can do `config.update(AUDIO_RECIPE)` or `ConfigDict(AUDIO_RECIPE)`.
 AUDIO_RECIPE: Dict[str, Any] = dict(
-    standardize=True,        # per-coefficient mean/std over the train split's clips and frames
+    normalize="train",       # per-coefficient mean/std: 'train' (train split's clips and frames), 'clip', 'speaker', 'none'
     optimizer="adamw",
     learning_rate=2e-3,      # peak, after linear warm-up
     weight_decay=1e-2,       # decoupled (AdamW); not applied to biases / BN scale+bias
@@ -49,22 +49,26 @@ AUDIO_RECIPE: Dict[str, Any] = dict(
     batch_size=16,           # drop_last: each epoch sees floor(960 / 16) = 60 shuffled batches
     label_smoothing=0.1,
     time_shift=20,           # circular shift by U{-20..20} frames (of 156)
+    time_crop=0,             # > 0: train on a random window of this many frames per clip (eval: all 156)
     time_masks=0, time_mask_width=16,  # SpecAugment-style time masks (off: they cost accuracy in short runs)
     coef_masks=0, coef_mask_width=2,   # coefficient masks (off)
     mixup_alpha=0.0,         # mixup (off)
+    ema_decay=0.0,           # > 0: validate/test an exponential moving average of params and BN statistics
+    eval_shifts=0,           # > 0: average the softmax of 2k+1 circular time shifts in [-time_shift, time_shift] (20 if 0)
     seed=0,
 )
 
 # The original's recipe (spec 5) on the audio branch: raw MFCCs, SGD 0.06 momentum 0.9 dampening 0.9,
 # L2 1e-3 on everything, batch 8, 100 epochs, lr x0.1 at epochs 40, 55, 65, 70; no augmentation.
 ORIGINAL_RECIPE: Dict[str, Any] = dict(
-    standardize=False, optimizer="sgd_dampened", learning_rate=0.06, weight_decay=1e-3, momentum=0.9,
+    normalize="none", optimizer="sgd_dampened", learning_rate=0.06, weight_decay=1e-3, momentum=0.9,
     schedule="multistep", milestones=(40, 55, 65, 70), warmup_epochs=0, epochs=100, batch_size=8,
-    label_smoothing=0.0, time_shift=0, time_masks=0, time_mask_width=0, coef_masks=0, coef_mask_width=0,
-    mixup_alpha=0.0, seed=1,
+    label_smoothing=0.0, time_shift=0, time_crop=0, time_masks=0, time_mask_width=0, coef_masks=0, coef_mask_width=0,
+    mixup_alpha=0.0, ema_decay=0.0, eval_shifts=0, seed=1,
 )
 
 RECIPES = {"audio": AUDIO_RECIPE, "original": ORIGINAL_RECIPE}
+
 
 
 def make_config(base: str = "audio", **overrides) -> Dict[str, Any]:
@@ -73,6 +77,8 @@ def make_config(base: str = "audio", **overrides) -> Dict[str, Any]:
   if unknown:
     raise ValueError(f"unknown recipe keys {sorted(unknown)}; known: {sorted(config)}")
   config.update(overrides)
+  if config["normalize"] not in NORMALIZATIONS:
+    raise ValueError(f"normalize={config['normalize']!r}; expected one of {NORMALIZATIONS}")
   return config
 
 
@@ -126,6 +132,11 @@ def augment(rng, x, config):
     shift = jax.random.randint(k_shift, (batch, 1), -config["time_shift"], config["time_shift"] + 1)
     index = (jnp.arange(frames)[None, :] - shift) % frames  # (B, T)
     x = jnp.take_along_axis(x, index[:, :, None], axis=1)
+  if config.get("time_crop", 0) and config["time_crop"] < frames:
+    crop = config["time_crop"]
+    start = jax.random.randint(jax.random.fold_in(rng, 6), (batch,), 0, frames - crop + 1)
+    x = jax.vmap(lambda clip, s: jax.lax.dynamic_slice_in_dim(clip, s, crop, axis=0))(x, start)
+    frames = crop
   keep = jnp.ones((batch, frames, coefs), x.dtype)
   if config["time_masks"] and config["time_mask_width"]:
     n = config["time_masks"]
@@ -146,16 +157,11 @@ def augment(rng, x, config):
 
 # ----------------------------------------------------------------------------------------------- training
 def _prepare(parts, config):
-  """Device arrays for each split; standardisation statistics from the train split only."""
-  train_mfcc = parts["train"]["mfcc"]
-  if config["standardize"]:
-    mean = train_mfcc.mean(axis=(0, 1), keepdims=True)[0]  # (1, 10)
-    std = train_mfcc.std(axis=(0, 1), keepdims=True)[0] + 1e-6
-  else:
-    mean, std = np.zeros((1, train_mfcc.shape[-1]), np.float32), np.ones((1, train_mfcc.shape[-1]), np.float32)
-  arrays = {name: (jnp.asarray((p["mfcc"] - mean) / std, jnp.float32), jnp.asarray(p["label"], jnp.int32))
+  """Device arrays for each split; 'train' normalisation statistics come from the train split only."""
+  mfcc, stats = normalize_mfcc(parts, config["normalize"])
+  arrays = {name: (jnp.asarray(mfcc[name], jnp.float32), jnp.asarray(p["label"], jnp.int32))
             for name, p in parts.items() if len(p["label"])}
-  return arrays, {"mean": mean.ravel().tolist(), "std": std.ravel().tolist()}
+  return arrays, stats
 
 
 def _build_steps(model, optimizer, config, num_train: int):
@@ -188,32 +194,62 @@ def _build_steps(model, optimizer, config, num_train: int):
     correct = jnp.sum(jnp.argmax(logits, -1) == y)
     return (params, batch_stats, opt_state), (loss, correct)
 
+  ema_decay = config.get("ema_decay", 0.0)
+
   @jax.jit
-  def train_batch(params, batch_stats, opt_state, x_all, y_all, index, rng):
+  def train_batch(params, batch_stats, opt_state, ema, x_all, y_all, index, rng):
     # One step on the clips `index` of the device-resident train set. (A lax.scan over a whole epoch was
     # far slower on XLA:CPU than one jit call per step: the convolutions inside the loop body lost speed.)
     (params, batch_stats, opt_state), (loss, correct) = train_step(
         (params, batch_stats, opt_state), (x_all[index], y_all[index], rng))
-    return params, batch_stats, opt_state, loss, correct
+    if ema is not None:
+      ema = jax.tree_util.tree_map(lambda e, v: ema_decay * e + (1.0 - ema_decay) * v, ema,
+                                   {"params": params, "batch_stats": batch_stats})
+    return params, batch_stats, opt_state, ema, loss, correct
 
-  def train_epoch(params, batch_stats, opt_state, x_all, y_all, rng):
+  def train_epoch(params, batch_stats, opt_state, ema, x_all, y_all, rng):
     k_perm, k_steps = jax.random.split(rng)
     order = np.asarray(jax.random.permutation(k_perm, x_all.shape[0]))[:steps * batch_size]
     order = order.reshape(steps, batch_size)
     losses, corrects = [], []
     for index, step_rng in zip(order, jax.random.split(k_steps, steps)):
-      params, batch_stats, opt_state, loss, correct = train_batch(params, batch_stats, opt_state, x_all, y_all,
-                                                                  index, step_rng)
+      params, batch_stats, opt_state, ema, loss, correct = train_batch(params, batch_stats, opt_state, ema, x_all,
+                                                                       y_all, index, step_rng)
       losses.append(loss)
       corrects.append(correct)
-    return params, batch_stats, opt_state, jnp.mean(jnp.stack(losses)), jnp.sum(jnp.stack(corrects)) / order.size
+    return (params, batch_stats, opt_state, ema, jnp.mean(jnp.stack(losses)),
+            jnp.sum(jnp.stack(corrects)) / order.size)
+
+  shifts = [0]
+  if config.get("eval_shifts", 0):
+    k, width = config["eval_shifts"], config["time_shift"] or 20
+    shifts = sorted({int(round(v)) for v in np.linspace(-width, width, 2 * k + 1)})
 
   @jax.jit
   def predict(params, batch_stats, x):
-    logits = model.apply({"params": params, "batch_stats": batch_stats}, x, train=False)
-    return jnp.argmax(logits, -1), logits
+    # Mean of the softmax over circular time shifts (just the clip itself unless eval_shifts > 0).
+    probs = sum(jax.nn.softmax(model.apply({"params": params, "batch_stats": batch_stats}, jnp.roll(x, s, axis=1),
+                                           train=False)) for s in shifts) / len(shifts)
+    return jnp.argmax(probs, -1), probs
 
   return train_epoch, predict, steps
+
+
+_FUNCTIONS: Dict[str, Any] = {}
+
+
+def _functions(config, num_train: int):
+  """(init, optimizer, train_epoch, predict) for a recipe and train-set size, built once per process, so
+  that folds of equal sizes (all five actor-independent folds: 960 train clips) share compiled programs."""
+  key = json.dumps([sorted((k, list(v) if isinstance(v, tuple) else v) for k, v in config.items()), num_train])
+  if key not in _FUNCTIONS:
+    model = AudioClassifier(num_classes=NUM_CLASSES, variable_length=bool(config.get("time_crop", 0)))
+    optimizer = make_optimizer(config, num_train // config["batch_size"])
+    train_epoch, predict, _ = _build_steps(model, optimizer, config, num_train)
+    init = jax.jit(lambda r: model.init(r, jnp.zeros((1,) + MFCC_SHAPE, jnp.float32), train=False))
+    _FUNCTIONS.clear()
+    _FUNCTIONS[key] = (init, optimizer, train_epoch, predict)
+  return _FUNCTIONS[key]
 
 
 def train_fold(data: Dict[str, np.ndarray], protocol: str, config: Optional[Dict[str, Any]] = None,
@@ -228,24 +264,24 @@ def train_fold(data: Dict[str, np.ndarray], protocol: str, config: Optional[Dict
   arrays, stats = _prepare(parts, config)
   (x_train, y_train), (x_val, y_val), (x_test, y_test) = arrays["train"], arrays["validation"], arrays["test"]
 
-  model = AudioClassifier(num_classes=NUM_CLASSES)
+  init, optimizer, train_epoch, predict = _functions(config, x_train.shape[0])
   rng = jax.random.PRNGKey(config["seed"])
   rng, init_rng = jax.random.split(rng)
-  variables = jax.jit(lambda r: model.init(r, x_train[:1], train=False))(init_rng)
+  variables = init(init_rng)
   params, batch_stats = variables["params"], variables["batch_stats"]
-  steps_per_epoch = x_train.shape[0] // config["batch_size"]
-  optimizer = make_optimizer(config, steps_per_epoch)
   opt_state = optimizer.init(params)
-  train_epoch, predict, _ = _build_steps(model, optimizer, config, x_train.shape[0])
+  ema = ({"params": jax.tree_util.tree_map(jnp.copy, params), "batch_stats": jax.tree_util.tree_map(jnp.copy, batch_stats)}
+         if config.get("ema_decay", 0.0) else None)
 
   y_val_host = np.asarray(y_val)
   best = {"accuracy": -1.0}
   history = []
   for epoch in range(1, config["epochs"] + 1):
     rng, epoch_rng = jax.random.split(rng)
-    params, batch_stats, opt_state, loss, train_acc = train_epoch(params, batch_stats, opt_state, x_train, y_train,
-                                                                  epoch_rng)
-    val_pred, _ = predict(params, batch_stats, x_val)
+    params, batch_stats, opt_state, ema, loss, train_acc = train_epoch(params, batch_stats, opt_state, ema, x_train,
+                                                                       y_train, epoch_rng)
+    eval_params, eval_stats = (ema["params"], ema["batch_stats"]) if ema is not None else (params, batch_stats)
+    val_pred, _ = predict(eval_params, eval_stats, x_val)
     val = classification_metrics(y_val_host, np.asarray(val_pred))
     loss = float(loss)
     if not np.isfinite(loss):
@@ -254,8 +290,8 @@ def train_fold(data: Dict[str, np.ndarray], protocol: str, config: Optional[Dict
                     "val_accuracy": val["accuracy"]})
     if val["accuracy"] > best["accuracy"]:  # strict '>' as the original: the earliest best epoch wins
       best = {"accuracy": val["accuracy"], "epoch": epoch, "val": val,
-              "params": jax.tree_util.tree_map(jnp.copy, params),
-              "batch_stats": jax.tree_util.tree_map(jnp.copy, batch_stats)}
+              "params": jax.tree_util.tree_map(jnp.copy, eval_params),
+              "batch_stats": jax.tree_util.tree_map(jnp.copy, eval_stats)}
     if verbose:
       print(f"  {protocol} epoch {epoch:3d} loss {loss:.3f} train {100 * float(train_acc):5.1f} "
             f"val {val['accuracy']:5.1f}", flush=True)

@@ -41,6 +41,7 @@ class ArraySource:
                process_count: int = 1):
     self.arrays = splits_arrays
     self.process_index, self.process_count = process_index, process_count
+    self.mfcc_normalization = {"mode": "none"}  # how 'mfcc' was normalised (audio_data.normalize_mfcc)
 
   def num_examples(self, split: str) -> int:
     return len(self.arrays[split]["label"]) if split in self.arrays else 0
@@ -125,8 +126,15 @@ def _audio_folder_source(config, process_index, process_count):
   if len(data["label"]) == 0:
     raise DataError(f"audio folder {path!r} holds no RAVDESS audio files")
   parts = audio_data.split_by_protocol(data, config.data.protocol, seed=config.seed)
-  arrays = {name: {k: v for k, v in part.items() if k != "stem"} for name, part in parts.items()}
-  return ArraySource(arrays, process_index, process_count)
+  normalize = config.data.get("normalize", "none")
+  if normalize not in audio_data.NORMALIZATIONS:
+    raise DataError(f"config.data.normalize={normalize!r}; expected one of {audio_data.NORMALIZATIONS}")
+  mfcc, stats = audio_data.normalize_mfcc(parts, normalize)  # 'train': statistics of the train actors
+  arrays = {name: dict({k: v for k, v in part.items() if k != "stem"}, mfcc=mfcc[name])
+            for name, part in parts.items()}
+  source = ArraySource(arrays, process_index, process_count)
+  source.mfcc_normalization = dict(mode=normalize, **stats)  # the trainer saves it for predict
+  return source
 
 
 def create_source(config, process_index: int = 0, process_count: int = 1):

@@ -46,6 +46,29 @@ def preprocess(video_or_audio: str, audio: str | None = None, audio_only: bool =
   return np.asarray(clip["mfcc"], np.float32), np.asarray(clip["face_crops"], np.uint8)
 
 
+NORMALIZATION_FILE = "mfcc_normalization.json"  # written by the trainer for normalised audio-folder data
+
+
+def normalize_like_training(workdir: str, config, mfcc: np.ndarray) -> np.ndarray:
+  """The MFCC normalisation the run was trained with (`config.data.normalize`), applied to one clip."""
+  mode = config.data.get("normalize", "none") if config.data.source == "audio_folder" else "none"
+  if mode == "none":
+    return mfcc
+  if mode == "clip":
+    return ((mfcc - mfcc.mean(axis=0)) / (mfcc.std(axis=0) + 1e-6)).astype(np.float32)
+  if mode == "train":
+    import json
+    path = os.path.join(workdir, NORMALIZATION_FILE)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} is missing: the run used data.normalize='train' and its statistics "
+                              "are needed to normalise a new clip")
+    with open(path) as f:
+      stats = json.load(f)
+    return ((mfcc - np.asarray(stats["mean"])) / np.asarray(stats["std"])).astype(np.float32)
+  raise ValueError(f"the run used data.normalize={mode!r}, which needs all clips of the speaker: "
+                   "predict supports 'none', 'train' and 'clip'")
+
+
 def predict_probabilities(checkpoint: str, video_or_audio: str, audio: str | None = None):
   """(probabilities (8,), config) for one clip."""
   workdir, checkpoint_dir = _workdir_and_checkpoint(checkpoint)
@@ -53,6 +76,7 @@ def predict_probabilities(checkpoint: str, video_or_audio: str, audio: str | Non
   config = evaluate.load_config(workdir)
   audio_only = config.model == "audio"
   mfcc, crops = preprocess(video_or_audio, audio, audio_only)
+  mfcc = normalize_like_training(workdir, config, mfcc)
 
   import jax
   from avtca_jax import train as train_lib

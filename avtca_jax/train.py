@@ -37,7 +37,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
 from avtca_jax import augment, checkpointing, data_sources, metric_writers, metrics as metrics_lib, splits
-from avtca_jax.models import avtca
+from avtca_jax.models import avtca, efficientface
 
 Array = jax.Array
 
@@ -127,7 +127,7 @@ def create_model(config):
   return avtca.create_model(
       config.model, num_classes=config.num_classes, fusion=config.fusion, num_heads=config.num_heads,
       num_frames=config.num_frames, image_size=config.image_size, dtype=jnp.dtype(config.dtype),
-      conv_impl=config.conv_impl, bn_axis_name="data" if config.batch_norm == "global" else None)
+      conv_impl=config.conv_impl, remat=config.remat, bn_axis_name="data" if config.batch_norm == "global" else None)
 
 
 def create_learning_rate_fn(config, steps_per_epoch: int) -> optax.Schedule:
@@ -262,7 +262,8 @@ def make_train_step(config, model, tx, mesh):
     return new_state, step_metrics
 
   sharded = jax.shard_map(train_step, mesh=mesh, in_specs=(P(), P("data")), out_specs=(P(), P()))
-  return jax.jit(sharded, donate_argnums=(0,))
+  options = efficientface.remat_compiler_options() if config.remat else {}
+  return jax.jit(sharded, donate_argnums=(0,), compiler_options=options or None)
 
 
 REMOVALS = {None: (1, 0, 1, 0), "both": (1, 0, 1, 0), "audio_zeros": (0, 0, 1, 0), "audio_noise": (0, 1, 1, 0),
@@ -412,6 +413,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     if is_main:
       with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=1))
+      normalization = getattr(source, "mfcc_normalization", {"mode": "none"})
+      if normalization["mode"] != "none":  # predict applies the same statistics to new clips
+        with open(os.path.join(workdir, "mfcc_normalization.json"), "w") as f:
+          json.dump(normalization, f, indent=1)
   logging.info("%d devices on %d processes, %d steps (%d per epoch), batch %d (%d per device)", num_devices,
                num_processes, num_steps, steps_per_epoch, config.batch_size, config.batch_size // num_devices)
 

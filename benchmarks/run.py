@@ -3,12 +3,17 @@
     python -m benchmarks.run --suite=step            # Flax vs PyTorch train step + inference, batch 8/32, f32/bf16
     python -m benchmarks.run --suite=pipeline        # tf.data clips/s from TFRecord shards vs the step's consumption
     python -m benchmarks.run --suite=accuracy        # audio-only 5-fold cross-validation on real RAVDESS speech
+    python -m benchmarks.run --suite=train           # the real training loop (input included): clips/s vs the step
     python -m benchmarks.run --suite=all
     python -m benchmarks.run --suite=step --quick    # tiny configuration (CI): checks the machinery, not the speed
 
-Options: --batch_sizes=8,32 --dtypes=float32,bfloat16 --find_largest (accelerators: double the batch until
-out of memory) --out=results.json --no_append. The step suite needs only jax/flax/optax/numpy/torch, so it
-runs on a bare GPU machine (device-resident synthetic batches); see benchmarks/gpu.sh and benchmarks/tpu.sh.
+Options: --batch_sizes=8,32 --dtypes=float32,bfloat16 --remat (JAX: rematerialise EfficientFace's blocks)
+--find_largest (accelerators: double the batch until out of memory) --out=results.json --no_append;
+train suite: --train_variant --train_batch_size --train_image_size --train_steps --train_log_every.
+The step suite needs only jax/flax/optax/numpy/torch, so it runs on a bare GPU machine (device-resident
+synthetic batches); see benchmarks/gpu.sh and benchmarks/tpu.sh. A worker that dies (killed for memory, a
+crash) is reported with how it ended (signal or exit code, its last error line, its peak RSS), not just
+"failed".
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ import argparse
 import json
 import os
 import platform
-import subprocess
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import step_time
+from benchmarks import processes, step_time
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_MD = REPO / "benchmarks" / "RESULTS.md"
@@ -49,13 +55,16 @@ def step_suite(args):
     for batch in sizes:
       cfg = step_time.parse_args([f"--batch_size={batch}", f"--dtype={dtype}", f"--repeats={args.repeats}",
                                   f"--warmup={args.warmup}", f"--eval_repeats={args.repeats}",
-                                  f"--image_size={args.image_size}", f"--conv_impl={args.conv_impl}"])
-      row = {"batch_size": batch, "dtype": dtype}
+                                  f"--image_size={args.image_size}", f"--conv_impl={args.conv_impl}"]
+                                 + (["--remat"] if args.remat else []))
+      row = {"batch_size": batch, "dtype": dtype, "image_size": args.image_size, "conv_impl": args.conv_impl,
+             "remat": args.remat}
       for framework in args.frameworks.split(","):
         try:
           row[framework] = step_time.measure(framework, cfg)
-        except subprocess.CalledProcessError as e:  # e.g. out of memory at this batch size
-          row[framework] = {"error": (e.stderr or "")[-2000:]}
+        except processes.WorkerFailed as failure:  # e.g. killed for memory at this batch size
+          row[framework] = failure.as_dict()
+          print(f"{framework} at batch {batch} {dtype}: {failure.message}", file=sys.stderr, flush=True)
       rows.append(row)
       print(_step_row_md(row), flush=True)
   return rows
@@ -66,10 +75,11 @@ def _largest_batch(dtype, args):
   batch, last_ok = 32, 32
   while batch <= 4096:
     cfg = step_time.parse_args([f"--batch_size={batch}", f"--dtype={dtype}", "--repeats=1", "--warmup=0",
-                                "--eval_repeats=1", f"--image_size={args.image_size}"])
+                                "--eval_repeats=1", f"--image_size={args.image_size}"]
+                               + (["--remat"] if args.remat else []))
     try:
       step_time.measure("jax", cfg)
-    except subprocess.CalledProcessError:
+    except processes.WorkerFailed:
       break
     last_ok, batch = batch, batch * 2
   return last_ok
@@ -85,16 +95,27 @@ def _mem(r):
 
 
 def _step_row_md(row):
+  """One table row. A framework whose worker died shows how it ended in its step cell; the other's figures
+  stay."""
   j, t = row.get("jax", {}), row.get("torch", {})
-  if "step" not in j:
-    return f"| {row['batch_size']} | {row['dtype']} | - | failed | | | | | | | | | | | | |"
-  speedup = t["step"]["median_s"] / j["step"]["median_s"] if "step" in t else float("nan")
-  tf = lambda key, fmt: format(t[key]["median_s"], fmt) if key in t else "-"
-  return (f"| {row['batch_size']} | {row['dtype']} | {j['device']} | {j['step']['median_s']:.3f} | {tf('step', '.3f')} "
-          f"| {speedup:.2f}x | {j['clips_per_s']:.2f} | {t.get('clips_per_s', float('nan')):.2f} "
-          f"| {j['eval_forward']['median_s']:.3f} | {tf('eval_forward', '.3f')} | {j['compile_s']:.1f} "
-          f"| {j['step_flops'] / 1e9:.1f} | {100 * j['mfu']:.1f}% | {j['step_over_roofline']:.1f}x | {_mem(j):.0f} "
-          f"| {_mem(t) if t else float('nan'):.0f} |")
+  j_ok, t_ok = "step" in j, "step" in t
+
+  def step_cell(r, ok):
+    return f"{r['step']['median_s']:.3f}" if ok else (f"failed: {r['error']}" if "error" in r else "-")
+
+  def cell(ok, value, spec, suffix=""):
+    return format(value(), spec) + suffix if ok else "-"
+
+  cells = [f"{row['batch_size']}, remat" if row.get("remat") else row["batch_size"], row["dtype"],
+           j["device"] if j_ok else t.get("device", "-"), step_cell(j, j_ok), step_cell(t, t_ok),
+           cell(j_ok and t_ok, lambda: t["step"]["median_s"] / j["step"]["median_s"], ".2f", "x"),
+           cell(j_ok, lambda: j["clips_per_s"], ".2f"), cell(t_ok, lambda: t["clips_per_s"], ".2f"),
+           cell(j_ok, lambda: j["eval_forward"]["median_s"], ".3f"),
+           cell(t_ok, lambda: t["eval_forward"]["median_s"], ".3f"), cell(j_ok, lambda: j["compile_s"], ".1f"),
+           cell(j_ok, lambda: j["step_flops"] / 1e9, ".1f"), cell(j_ok, lambda: j["mfu"], ".1%"),
+           cell(j_ok, lambda: j["step_over_roofline"], ".1f", "x"), cell(j_ok, lambda: _mem(j), ".0f"),
+           cell(t_ok, lambda: _mem(t), ".0f")]
+  return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
 def pipeline_suite(args):
@@ -107,7 +128,7 @@ def pipeline_suite(args):
     cmd.append(f"--manual_dir={shared}")
   if args.quick:
     cmd += ["--batches=3", "--warmup=1"]
-  subprocess.run(cmd, check=True, cwd=REPO)
+  processes.run(cmd, cwd=REPO, capture=False)  # its progress stays on the terminal
   result = json.loads(out.read_text())
   result["markdown"] = result.get("table", "")
   return result
@@ -128,6 +149,105 @@ def _input_bound_md(results):
   return "\n".join(lines)
 
 
+def _train_records(metrics_path):
+  with open(metrics_path) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  return [r for r in records if "train/step_time" in r]
+
+
+def _loop_rates(records, batch_size):
+  """Per-log-interval timings of the loop and the steady state (every interval after the first two: the
+  first holds the compilation, the second the first steady steps after it)."""
+  intervals, previous = [], 0
+  for r in records:
+    steps = r["step"] - previous
+    intervals.append({"steps": f"{previous + 1}-{r['step']}", "num_steps": steps, "step_s": r["train/step_time"],
+                      "clips_per_s": r["train/clips_per_second"]})
+    previous = r["step"]
+  steady = intervals[2:] or intervals[1:]
+  steady_steps = sum(i["num_steps"] for i in steady)
+  steady_s = sum(i["num_steps"] * i["step_s"] for i in steady)
+  return intervals, {"steps": f"{steady[0]['steps'].split('-')[0]}-{records[-1]['step']}", "num_steps": steady_steps,
+                     "step_s": steady_s / steady_steps, "clips_per_s": batch_size * steady_steps / steady_s}
+
+
+def _step_only(results, args, batch_size, image_size):
+  """The step suite's JAX figure for the train run's settings (its row when it ran them, else one worker)."""
+  for row in results.get("step", []):
+    if (row.get("batch_size"), row.get("dtype"), row.get("image_size"), row.get("conv_impl"), row.get("remat")) == (
+        batch_size, args.train_dtype, image_size, args.train_conv_impl, args.remat) and "step" in row.get("jax", {}):
+      return dict(row["jax"], source="step suite row")
+  cfg = step_time.parse_args([f"--batch_size={batch_size}", f"--dtype={args.train_dtype}",
+                              f"--image_size={image_size}", f"--conv_impl={args.train_conv_impl}",
+                              f"--repeats={max(args.repeats, 3)}", "--warmup=1", "--eval_repeats=1"]
+                             + (["--remat"] if args.remat else []))
+  return dict(step_time.measure("jax", cfg), source="step_time JAX worker, same settings")
+
+
+def train_suite(args, results):
+  """The real trainer (`python -m avtca_jax.train`, tf.data input, augmentation, metrics, checkpoint) for a
+  fixed number of steps: its steady-state clips/s from metrics.jsonl beside the bare step's clips/s at the
+  same batch, crop size, dtype and conv form, so the input and loop overhead is a number."""
+  batch, size, steps, log_every = args.train_batch_size, args.train_image_size, args.train_steps, args.train_log_every
+  overrides = [f"--config.batch_size={batch}", f"--config.image_size={size}", f"--config.num_train_steps={steps}",
+               f"--config.log_every_steps={log_every}", f"--config.dtype={args.train_dtype}",
+               f"--config.conv_impl={args.train_conv_impl}", "--config.evaluate_test=False",
+               "--config.progress_bar=False"]
+  if args.remat:
+    overrides.append("--config.remat=True")
+  if args.quick:  # in-memory generated clips: no tfds dataset to build on a fresh CI machine
+    overrides.append("--config.data.source=synthetic")
+  workdir = tempfile.mkdtemp(prefix="train_", dir=args.workdir)
+  cmd = [sys.executable, "-m", "avtca_jax.train", f"--config=configs/ravdess.py:{args.train_variant}",
+         f"--workdir={workdir}", *overrides]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  command = "python -m avtca_jax.train " + " ".join(cmd[3:4] + ["--workdir=DIR"] + overrides)
+  try:
+    finished = processes.run(cmd, cwd=REPO, env=env)
+    records = _train_records(os.path.join(workdir, "metrics.jsonl"))
+  finally:
+    shutil.rmtree(workdir, ignore_errors=True)
+  if len(records) < 2:
+    raise ValueError(f"the training run logged {len(records)} interval(s); need --train_steps >= 2")
+  intervals, steady = _loop_rates(records, batch)
+  first_step_s = records[0]["train/step_time"]
+  result = {"command": command, "variant": args.train_variant, "batch_size": batch, "image_size": size,
+            "dtype": args.train_dtype, "conv_impl": args.train_conv_impl, "remat": args.remat,
+            "data_source": "synthetic (in memory)" if args.quick else "the variant's", "num_train_steps": steps,
+            "intervals": intervals, "loop": steady, "first_step_s": first_step_s,
+            "compile_s": first_step_s - steady["step_s"], "wall_s": finished.wall_s,
+            "peak_rss_mb": finished.peak_rss_mb}
+  try:
+    only = _step_only(results, args, batch, size)
+    result["step_only"] = {k: only[k] for k in ("source", "clips_per_s", "compile_s", "peak_rss_mb", "device")}
+    result["step_only"]["step_s"] = only["step"]["median_s"]
+    result["input_overhead"] = 1 - steady["clips_per_s"] / only["clips_per_s"]
+  except processes.WorkerFailed as failure:
+    result["step_only"] = failure.as_dict()
+  result["markdown"] = _train_md(result)
+  return result
+
+
+def _train_md(r):
+  only = r.get("step_only", {})
+  has_only = "clips_per_s" in only
+  lines = [f"Training loop: `{r['command']}`. Loop figures: steps {r['loop']['steps']} (metrics.jsonl). Compile "
+           "(estimate) = first step minus a steady step, so it includes the first batch. Step-only: the bare jitted "
+           "step on device-resident synthetic batches at the same batch, crop size, dtype and conv form "
+           f"({only.get('source', 'not measured')}); the overhead is input (host pipeline, on-device augmentation "
+           "and resize) plus the loop's own work.", "",
+           "| variant | batch | crop px | loop clips/s | loop step (s) | step-only clips/s | step-only step (s) "
+           "| input + loop overhead | first step (s) | compile (s, est.) | wall (s) | peak RSS (MB) |",
+           "| --- " * 12 + "|",
+           f"| {r['variant']}{', remat' if r['remat'] else ''} | {r['batch_size']} | {r['image_size']} "
+           f"| {r['loop']['clips_per_s']:.2f} | {r['loop']['step_s']:.3f} "
+           f"| {format(only['clips_per_s'], '.2f') if has_only else only.get('error', '-')} "
+           f"| {format(only['step_s'], '.3f') if has_only else '-'} "
+           f"| {format(r['input_overhead'], '.0%') if has_only else '-'} | {r['first_step_s']:.1f} "
+           f"| {r['compile_s']:.1f} | {r['wall_s']:.0f} | {r['peak_rss_mb'] or float('nan'):.0f} |"]
+  return "\n".join(lines)
+
+
 PUBLISHED = ("Published, for comparison (spec 7): AVT-CA 96.11% accuracy / 93.78 F1 on its random 80/20 split "
              "(leaks actors; secondary sources); Chumachenko et al. 81.58% actor-independent (IA fusion); the "
              "PyTorch original's audio branch on these folds, this machine: 62.1/74.2/50.4/56.7/62.5 (mean 61.2%).")
@@ -141,7 +261,7 @@ def accuracy_suite(args):
          f"--out={out}"]
   if args.quick:
     cmd += ["--set", "epochs=1"]
-  subprocess.run(cmd, check=True, cwd=REPO)
+  processes.run(cmd, cwd=REPO, capture=False)  # its progress stays on the terminal
   per_fold = [json.loads((out / f"fold{k}.json").read_text()) for k in folds.split(",")]
   table = (out / "results.md").read_text()
   return {"folds": per_fold, "markdown": f"Audio-only, recipe `{args.recipe}`:\n\n{table}\n{PUBLISHED}"}
@@ -149,7 +269,7 @@ def accuracy_suite(args):
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--suite", default="step", choices=["step", "pipeline", "accuracy", "all"])
+  p.add_argument("--suite", default="step", help="step, pipeline, accuracy, train, all, or a comma list")
   p.add_argument("--quick", action="store_true", help="tiny configuration for CI: checks fields, not speed")
   p.add_argument("--batch_sizes", default="8,32")
   p.add_argument("--dtypes", default="float32,bfloat16")
@@ -158,8 +278,16 @@ def main(argv=None):
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--image_size", type=int, default=224)
   p.add_argument("--conv_impl", default="auto")
+  p.add_argument("--remat", action="store_true", help="JAX: rematerialise EfficientFace's blocks (less memory)")
   p.add_argument("--find_largest", action="store_true")
   p.add_argument("--recipe", default="original", help="accuracy suite: avtca_jax.audio_recipe recipe")
+  p.add_argument("--train_variant", default="default", help="train suite: configs/ravdess.py variant")
+  p.add_argument("--train_batch_size", type=int, default=8)
+  p.add_argument("--train_image_size", type=int, default=32, help="model input (the generated clips are 64 px)")
+  p.add_argument("--train_dtype", default="float32")
+  p.add_argument("--train_conv_impl", default="auto")
+  p.add_argument("--train_steps", type=int, default=24, help="within one epoch (32 steps of 8 on the default)")
+  p.add_argument("--train_log_every", type=int, default=4)
   p.add_argument("--workdir", default="/tmp/avtca_benchmarks")
   p.add_argument("--out", default="", help="JSON results file (default: WORKDIR/results.json)")
   p.add_argument("--no_append", action="store_true", help="do not append the table to benchmarks/RESULTS.md")
@@ -167,20 +295,31 @@ def main(argv=None):
   if args.quick:
     args.batch_sizes, args.dtypes, args.repeats, args.warmup, args.image_size = "1", "float32", 1, 0, 32
     args.conv_impl = "grouped"  # compiles faster; speed is not the point of --quick
+    # Batch 1 like the step suite's quick row, so a `--suite=step,train --quick` run reuses that row.
+    args.train_batch_size, args.train_steps, args.train_log_every, args.train_conv_impl = 1, 6, 2, "grouped"
   os.makedirs(args.workdir, exist_ok=True)
   command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
   results = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
              "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
              "versions": _versions(), "quick": args.quick}
-  suites = ["step", "pipeline", "accuracy"] if args.suite == "all" else [args.suite]
+  suites = ["step", "pipeline", "accuracy", "train"] if args.suite == "all" else args.suite.split(",")
+  unknown = set(suites) - {"step", "pipeline", "accuracy", "train"}
+  if unknown:
+    p.error(f"unknown suite(s) {sorted(unknown)}: expected step, pipeline, accuracy, train, all or a comma list")
   sections = []
   for suite in suites:
-    results[suite] = {"step": step_suite, "pipeline": pipeline_suite, "accuracy": accuracy_suite}[suite](args)
+    run_suite = {"step": step_suite, "pipeline": pipeline_suite, "accuracy": accuracy_suite,
+                 "train": lambda a: train_suite(a, results)}[suite]
+    try:
+      results[suite] = run_suite(args)
+    except processes.WorkerFailed as failure:  # one suite's dead worker does not lose the others' results
+      results[suite] = dict(failure.as_dict(), markdown=f"{suite} suite failed: {failure.message}")
+      print(f"{suite} suite failed: {failure.message}", file=sys.stderr, flush=True)
     if suite == "step":
       sections.append(STEP_HEADER + "\n" + "\n".join(_step_row_md(r) for r in results["step"]))
     elif isinstance(results[suite], dict) and "markdown" in results[suite]:
       sections.append(results[suite]["markdown"])
-  if "step" in results and "pipeline" in results:
+  if "step" in results and "pipeline_clips_per_s" in results.get("pipeline", {}):
     sections.append(_input_bound_md(results))
   out = Path(args.out or Path(args.workdir) / "results.json")
   out.write_text(json.dumps(results, indent=1))

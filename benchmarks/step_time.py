@@ -2,7 +2,8 @@
 
     python -m benchmarks.step_time --batch_size=8 --dtype=float32 --repeats=7
 
-`--image_size` other than 224 is only for quick checks of the script itself.
+`--image_size` other than 224 is only for quick checks of the script itself. `--remat` rematerialises
+EfficientFace's blocks (jax.checkpoint, JAX only): less memory for more compute, for batches that do not fit.
 Each framework runs in its own subprocess (so peak memory is its own) on the same synthetic inputs:
 MFCC (B, 156, 10) / (B, 10, 156) and frames (B, 15, 224, 224, 3) / (B*15, 3, 224, 224), float32 in [0, 1].
 A training step is forward + backward + optimizer update (the original recipe: SGD momentum 0.9,
@@ -20,9 +21,10 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
+
+from benchmarks import processes
 
 SGD = dict(lr=0.06, momentum=0.9, dampening=0.9, weight_decay=1e-3)
 
@@ -35,16 +37,17 @@ def _peak_rss_mb():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_jax(batch_size, dtype, fusion, repeats, warmup, conv_impl, eval_repeats, image_size=224):
+def run_jax(batch_size, dtype, fusion, repeats, warmup, conv_impl, eval_repeats, image_size=224, remat=False):
   import jax
   import jax.numpy as jnp
   import numpy as np
   import optax
 
   from avtca_jax.models.avtca import AVTCA, init_variables
+  from avtca_jax.models.efficientface import remat_compiler_options
 
   compute_dtype = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
-  model = AVTCA(fusion=fusion, dtype=compute_dtype, conv_impl=conv_impl, image_size=image_size)
+  model = AVTCA(fusion=fusion, dtype=compute_dtype, conv_impl=conv_impl, image_size=image_size, remat=remat)
   variables = init_variables(model, jax.random.PRNGKey(0))
   tx = optax.chain(optax.add_decayed_weights(SGD["weight_decay"]), optax.scale(1 - SGD["dampening"]),
                    optax.trace(SGD["momentum"]), optax.scale(-SGD["lr"]))
@@ -66,11 +69,14 @@ def run_jax(batch_size, dtype, fusion, repeats, warmup, conv_impl, eval_repeats,
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), new_stats, opt_state), loss
 
-  step = jax.jit(train_step, donate_argnums=0)
+  options = remat_compiler_options() if remat else {}
+  step = jax.jit(train_step, donate_argnums=0, compiler_options=options or None)
   lowered = step.lower(state, mfcc, frames, labels)
   start = time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
+  memory = compiled.memory_analysis()  # XLA's buffer plan: temporaries are the activations kept for the backward
+  temp_mb = memory.temp_size_in_bytes / 2**20 if memory is not None else None
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
@@ -121,6 +127,8 @@ def run_jax(batch_size, dtype, fusion, repeats, warmup, conv_impl, eval_repeats,
       "peak_rss_mb": _peak_rss_mb(),
       "peak_device_mb": (stats or {}).get("peak_bytes_in_use", 0) / 2**20 if stats else None,
       "conv_impl": conv_impl,
+      "remat": remat,
+      "xla_temp_mb": temp_mb,
   }
 
 
@@ -188,27 +196,36 @@ def run_torch(batch_size, dtype, fusion, repeats, warmup, threads, eval_repeats,
 
 
 def measure(framework, args):
-  """Runs one framework in a fresh subprocess and returns its result dict."""
+  """Runs one framework in a fresh subprocess and returns its result dict. Raises
+  processes.WorkerFailed (a CalledProcessError) saying how the worker ended, e.g. killed for memory."""
   cmd = [sys.executable, "-m", "benchmarks.step_time", "--worker", framework]
   for key in ("batch_size", "dtype", "fusion", "repeats", "warmup", "conv_impl", "threads", "eval_repeats",
               "image_size"):
     cmd += [f"--{key}", str(getattr(args, key))]
-  out = subprocess.run(cmd, check=True, capture_output=True, text=True,
-                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  if args.remat:
+    cmd.append("--remat")
+  out = processes.run(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  result["worker_wall_s"] = out.wall_s
+  return result
 
 
 def markdown(results):
   jax_r, torch_r = results.get("jax"), results.get("torch")
   lines = ["| framework | device | step median (s) | min-max (s) | clips/s | eval forward (s) | compile (s) | peak mem (MB) |",
            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-  for r in (jax_r, torch_r):
-    if r:
+  for name, r in (("jax", jax_r), ("torch", torch_r)):
+    if r and "error" in r:
+      lines.append(f"| {name} | failed: {r['error']} | | | | | | |")
+    elif r:
       mem = r["peak_device_mb"] if r.get("peak_device_mb") else r["peak_rss_mb"]
-      lines.append(f"| {r['framework']} | {r['device']} | {r['step']['median_s']:.3f} | "
+      label = r["framework"] + (" (remat)" if r.get("remat") else "")
+      lines.append(f"| {label} | {r['device']} | {r['step']['median_s']:.3f} | "
                    f"{r['step']['min_s']:.3f}-{r['step']['max_s']:.3f} | {r['clips_per_s']:.2f} | "
                    f"{r['eval_forward']['median_s']:.3f} | "
                    f"{r.get('compile_s', 0):.1f} | {mem:.0f} |")
+  jax_r = jax_r if jax_r and "error" not in jax_r else None
+  torch_r = torch_r if torch_r and "error" not in torch_r else None
   if jax_r:
     lines.append(f"\nJAX step: {jax_r['step_flops'] / 1e9:.1f} GFLOP, {jax_r['step_bytes_accessed'] / 1e9:.1f} GB accessed "
                  f"(XLA cost analysis); MFU {100 * jax_r['mfu']:.1f}% of {jax_r['peaks']['flops_per_s'] / 1e12:.2f} "
@@ -231,6 +248,7 @@ def parse_args(argv=None):
   p.add_argument("--eval_repeats", type=int, default=5)
   p.add_argument("--conv_impl", default="auto", choices=["auto", "slices", "grouped"])
   p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+  p.add_argument("--remat", action="store_true", help="JAX: rematerialise EfficientFace's blocks (less memory)")
   p.add_argument("--frameworks", default="jax,torch")
   p.add_argument("--json", default="", help="write the results here")
   p.add_argument("--worker", default="", help=argparse.SUPPRESS)
@@ -241,7 +259,7 @@ def main(argv=None):
   args = parse_args(argv)
   if args.worker == "jax":
     print(json.dumps(run_jax(args.batch_size, args.dtype, args.fusion, args.repeats, args.warmup, args.conv_impl,
-                             args.eval_repeats, args.image_size)))
+                             args.eval_repeats, args.image_size, args.remat)))
     return
   if args.worker == "torch":
     print(json.dumps(run_torch(args.batch_size, args.dtype, args.fusion, args.repeats, args.warmup, args.threads,
@@ -251,7 +269,11 @@ def main(argv=None):
              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu_count": os.cpu_count(),
              "python": platform.python_version()}
   for framework in args.frameworks.split(","):
-    results[framework] = measure(framework, args)
+    try:
+      results[framework] = measure(framework, args)
+    except processes.WorkerFailed as failure:
+      results[framework] = failure.as_dict()
+      print(f"{framework}: {failure.message}", file=sys.stderr)
   print(markdown(results))
   if args.json:
     with open(args.json, "w") as f:

@@ -64,6 +64,9 @@ def get_config(arg=None):
   config.image_size = 32  # model input; stored crops are resized down on the device (generated: 64 px)
   config.dtype = "float32"  # compute dtype; 'bfloat16' for mixed precision (params stay float32)
   config.conv_impl = "auto"  # depthwise convs: 'slices' on CPU, 'grouped' elsewhere
+  # Recompute EfficientFace's activations in the backward pass instead of keeping them (jax.checkpoint per
+  # block): less memory for more compute, same parameters and results. For batches that do not fit otherwise.
+  config.remat = False
   config.channel_order = "rgb"  # 'bgr' reproduces the original's input contract (and its checkpoints)
   # Batch-norm statistics over each device's batch ('per_device': pmap semantics; with 8 clips per device
   # it is the original single-GPU batch) or over the global batch ('global': one all-reduce per BN layer,
@@ -85,6 +88,9 @@ def get_config(arg=None):
   config.data.eval_split = "validation"
   config.data.test_split = "test"
   config.data.num_examples = 0  # 'synthetic' only: clips per split (0 = its default)
+  # 'audio_folder' only: MFCC normalisation (avtca_jax.audio_data.NORMALIZATIONS): 'none' (raw, as the
+  # original), 'train' (per-coefficient mean/std of the train actors), 'clip', 'speaker' (transductive).
+  config.data.normalize = "none"
   config.data.cache = False  # hold the decoded dataset in host memory (tfds)
 
   # Augmentation (inside the jitted step).

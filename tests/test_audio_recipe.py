@@ -90,3 +90,60 @@ def test_one_real_fold_trains_far_above_chance():
   assert 1 <= result["best_epoch"] <= 4
   assert result["test"]["accuracy"] > 35.0, result["test"]
   assert result["test"]["uar"] > 30.0, result["test"]
+
+
+def _parts():
+  rng = np.random.default_rng(0)
+  make = lambda n, actors: {"mfcc": (rng.normal(5.0, 3.0, (n, 156, 10)) * np.arange(1, 11)).astype(np.float32),
+                            "label": np.zeros(n, np.int32), "actor": np.repeat(actors, n // len(actors))}
+  return {"train": make(8, [1, 2]), "validation": make(4, [3]), "test": make(4, [4, 5])}
+
+
+def test_normalize_train_uses_train_statistics_only():
+  parts = _parts()
+  out, stats = audio_recipe.normalize_mfcc(parts, "train")
+  np.testing.assert_allclose(out["train"].mean(axis=(0, 1)), 0.0, atol=1e-5)
+  np.testing.assert_allclose(out["train"].std(axis=(0, 1)), 1.0, atol=1e-4)
+  mean, std = np.array(stats["mean"]), np.array(stats["std"])
+  np.testing.assert_allclose(out["test"], (parts["test"]["mfcc"] - mean) / std, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(out["test"].mean(axis=(0, 1)), 0.0, atol=1e-3)  # test data not re-centred
+
+
+def test_normalize_clip_and_speaker_and_none():
+  parts = _parts()
+  clip, _ = audio_recipe.normalize_mfcc(parts, "clip")
+  np.testing.assert_allclose(clip["test"].mean(axis=1), 0.0, atol=1e-5)
+  np.testing.assert_allclose(clip["test"].std(axis=1), 1.0, atol=1e-4)
+  speaker, _ = audio_recipe.normalize_mfcc(parts, "speaker")
+  for actor in (4, 5):
+    rows = speaker["test"][parts["test"]["actor"] == actor]
+    np.testing.assert_allclose(rows.mean(axis=(0, 1)), 0.0, atol=1e-5)
+  none, stats = audio_recipe.normalize_mfcc(parts, "none")
+  np.testing.assert_array_equal(none["train"], parts["train"]["mfcc"])
+  assert stats == {}
+  with pytest.raises(ValueError, match="normalize='cmvn'"):
+    audio_recipe.normalize_mfcc(parts, "cmvn")
+  with pytest.raises(ValueError, match="normalize"):
+    audio_recipe.make_config("audio", normalize="cmvn")
+
+
+def test_time_crop_takes_one_window_per_clip():
+  x = jnp.broadcast_to(jnp.arange(156, dtype=jnp.float32)[None, :, None], (6, 156, 10))
+  config = dict(audio_recipe.make_config("original"), time_crop=96)
+  y = np.asarray(audio_recipe.augment(jax.random.PRNGKey(3), x, config))
+  assert y.shape == (6, 96, 10)
+  starts = y[:, 0, 0]
+  np.testing.assert_array_equal(y[:, :, 0], starts[:, None] + np.arange(96)[None, :])
+  assert starts.min() >= 0 and starts.max() <= 60 and len(set(starts.tolist())) > 1
+
+
+def test_audio_classifier_length_contract():
+  from avtca_jax.models.avtca import AudioClassifier
+  strict, loose = AudioClassifier(), AudioClassifier(variable_length=True)
+  variables = strict.init(jax.random.PRNGKey(0), jnp.zeros((1, 156, 10)))
+  with pytest.raises(ValueError, match=r"\(batch, 156, 10\)"):
+    strict.apply(variables, jnp.zeros((2, 96, 10)))
+  assert loose.apply(variables, jnp.zeros((2, 96, 10))).shape == (2, 8)  # same parameters
+  assert loose.apply(variables, jnp.zeros((2, 13, 10))).shape == (2, 8)
+  with pytest.raises(ValueError, match="time >= 13"):
+    loose.apply(variables, jnp.zeros((2, 12, 10)))

@@ -1,22 +1,29 @@
-"""The benchmark suite's machinery in its reduced (CI) mode: fields present and sane, not speed."""
+"""The benchmark suite's machinery in its reduced (CI) mode: fields present and sane, not speed; and how a
+dead worker is reported."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from benchmarks import processes, run
+
 REPO = Path(__file__).resolve().parents[1]
 
 STEP_FIELDS = {"framework", "device", "compile_s", "step", "eval_forward", "step_flops", "step_bytes_accessed", "peaks",
                "mfu", "roofline", "step_over_roofline", "clips_per_s", "images_per_s", "peak_rss_mb", "versions"}
+TRAIN_FIELDS = {"command", "variant", "batch_size", "image_size", "dtype", "remat", "num_train_steps", "intervals",
+                "loop", "first_step_s", "compile_s", "wall_s", "peak_rss_mb", "step_only", "input_overhead", "markdown"}
 
 
-def test_step_suite_quick_writes_every_field(tmp_path):
+def test_step_and_train_suites_quick_write_every_field(tmp_path):
   out = tmp_path / "results.json"
-  subprocess.run([sys.executable, "-m", "benchmarks.run", "--suite=step", "--quick", "--no_append",
+  subprocess.run([sys.executable, "-m", "benchmarks.run", "--suite=step,train", "--quick", "--no_append",
                   f"--workdir={tmp_path}", f"--out={out}"], check=True, cwd=REPO, timeout=900)
   results = json.loads(out.read_text())
-  assert {"command", "date", "machine", "versions", "step"} <= set(results)
+  assert {"command", "date", "machine", "versions", "step", "train"} <= set(results)
   (row,) = results["step"]
   assert row["batch_size"] == 1 and row["dtype"] == "float32"
   assert STEP_FIELDS <= set(row["jax"]), STEP_FIELDS - set(row["jax"])
@@ -25,3 +32,36 @@ def test_step_suite_quick_writes_every_field(tmp_path):
     assert row[framework]["step"]["median_s"] > 0
   assert row["jax"]["step_flops"] > 1e8  # a real program was analysed (the 32 px model is ~0.4 GFLOP per clip)
   assert 0 < row["jax"]["mfu"] < 1
+
+  train = results["train"]
+  assert TRAIN_FIELDS <= set(train), TRAIN_FIELDS - set(train)
+  assert train["num_train_steps"] == 6 and train["batch_size"] == 1
+  assert {"steps", "num_steps", "step_s", "clips_per_s"} <= set(train["loop"])
+  assert train["loop"]["num_steps"] >= 2 and train["loop"]["clips_per_s"] > 0  # steps after the compile only
+  assert train["first_step_s"] > train["loop"]["step_s"] > 0
+  # The step suite ran the same settings just before, so its row is the step-only figure.
+  assert train["step_only"]["source"] == "step suite row"
+  assert train["step_only"]["clips_per_s"] == row["jax"]["clips_per_s"]
+  assert train["input_overhead"] < 1 and train["peak_rss_mb"] > 100
+  assert "loop clips/s" in train["markdown"]
+
+
+def test_killed_worker_says_how_it_ended():
+  """A worker killed for memory gets SIGKILL and writes nothing: the suite says so, with its peak RSS."""
+  kill_self = "import os, signal; x = b'x' * (50 * 2**20); os.kill(os.getpid(), signal.SIGKILL)"
+  with pytest.raises(processes.WorkerFailed) as failure:
+    processes.run([sys.executable, "-c", kill_self])
+  message = failure.value.message
+  assert failure.value.returncode == -9
+  assert message.startswith("killed by SIGKILL (signal 9; likely out of memory: peak RSS ")
+  assert message.endswith("GB before death)")
+  assert failure.value.finished.peak_rss_mb > 50  # the child's own peak, measured after its death
+  row = {"batch_size": 32, "dtype": "float32", "jax": failure.value.as_dict()}
+  assert f"| 32 | float32 | - | failed: {message} |" in run._step_row_md(row)
+
+
+def test_failed_worker_gives_exit_code_and_last_error_line():
+  with pytest.raises(processes.WorkerFailed) as failure:
+    processes.run([sys.executable, "-c", "import sys; print('noise', file=sys.stderr); sys.exit('boom: no memory')"])
+  assert failure.value.message == "exit code 1: boom: no memory"
+  assert processes.describe_ending(137, "").startswith("killed by SIGKILL (exit code 137 = signal 9; likely out of")

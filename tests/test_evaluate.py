@@ -139,3 +139,41 @@ def test_predict_real_video_clip(avtca_workdir, capsys):
   assert out[0].startswith(videos[0].name)
   probabilities = [float(line.split()[-1]) for line in out[1:]]
   assert len(probabilities) == 8 and sum(probabilities) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_normalized_audio_run_saves_its_statistics_for_predict(tmp_path):
+  """`data.normalize='train'` on the real audio folder: the trainer saves the train actors' statistics and
+  predict applies exactly them to a new clip (what the model saw in training)."""
+  audio_dir = SHARED / "audio_speech_22k"
+  if not audio_dir.is_dir():
+    pytest.skip(f"real RAVDESS speech audio not found at {audio_dir}")
+  workdir = tmp_path / "audio_norm"
+  command = [sys.executable, "-m", "avtca_jax.train", "--config=configs/ravdess.py:audio_only", f"--workdir={workdir}",
+             f"--config.data.path={audio_dir}", "--config.data.normalize=train", "--config.num_train_steps=2",
+             "--config.evaluate_test=False", "--config.progress_bar=False"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
+  result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  stats = json.loads((workdir / "mfcc_normalization.json").read_text())
+
+  from avtca_jax import audio_data, evaluate, predict
+  data = audio_data.load_ravdess_audio(audio_dir)
+  train = audio_data.split_by_protocol(data, "fold1")["train"]["mfcc"]
+  assert stats["mode"] == "train"
+  np.testing.assert_allclose(stats["mean"], train.mean(axis=(0, 1)), rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(stats["std"], train.std(axis=(0, 1)), rtol=1e-5)
+
+  config = evaluate.load_config(str(workdir))
+  clip = data["mfcc"][0]
+  np.testing.assert_allclose(predict.normalize_like_training(str(workdir), config, clip),
+                             (clip - train.mean(axis=(0, 1))) / train.std(axis=(0, 1)), rtol=1e-4, atol=1e-4)
+  config.data.normalize = "clip"
+  normalized = predict.normalize_like_training(str(workdir), config, clip)
+  np.testing.assert_allclose(normalized.mean(axis=0), 0.0, atol=1e-4)
+  config.data.normalize = "speaker"
+  with pytest.raises(ValueError, match="speaker"):
+    predict.normalize_like_training(str(workdir), config, clip)
+  (workdir / "mfcc_normalization.json").unlink()
+  config.data.normalize = "train"
+  with pytest.raises(FileNotFoundError, match="mfcc_normalization.json"):
+    predict.normalize_like_training(str(workdir), config, clip)

@@ -5,6 +5,12 @@ stage2(x0) -> Modulator, plus LocalFeatureExtractor(x0)   (N,28,28,116)
 stage3 (N,14,14,232) -> stage4 (N,7,7,464) -> conv5 1x1 + BN + ReLU (N,7,7,1024) -> global mean (N,1024)
 
 Submodule names follow the PyTorch state-dict names so that conversion reads as a table.
+
+`remat=True` rematerialises (jax.checkpoint) the stem, each ShuffleNet unit, the modulator, the local
+branch and the head: the backward pass recomputes their activations from their inputs instead of keeping
+them, so a training step holds about one block's activations at a time. Same parameters and names, same
+results; more compute. For batches whose activations do not fit (the CPU step at batch 32). On CPU, jit
+the step with `remat_compiler_options()`, or XLA undoes the rematerialisation.
 """
 
 from __future__ import annotations
@@ -18,6 +24,18 @@ from flax import linen as nn
 from avtca_jax.models.layers import BatchNorm, Conv, Conv1x1, Dense, DepthwiseConv
 
 Dtype = Any
+
+
+def remat_compiler_options(platform: str | None = None) -> dict:
+  """`jax.jit(..., compiler_options=...)` for a step of a `remat=True` model.
+
+  XLA:CPU expands jax.checkpoint's optimization barriers away early in its pipeline (GPU: after
+  scheduling), and later passes merge each recomputation back into the forward pass: remat saves nothing
+  there (EfficientFace gradient at 30 frames of 224 px: 1494 MB of XLA temporaries with or without remat).
+  Keeping the barriers in that one program restores the saving (401 MB), same results.
+  """
+  platform = platform or jax.default_backend()
+  return {"xla_disable_hlo_passes": "cse_barrier_expander"} if platform == "cpu" else {}
 
 
 def channel_shuffle(x: jax.Array, groups: int = 2) -> jax.Array:
@@ -172,26 +190,37 @@ class EfficientFace(nn.Module):
   conv_impl: str = "auto"
   dtype: Dtype = jnp.float32
   bn_axis_name: Any = None
+  remat: bool = False  # recompute each block's activations in the backward pass (see the module docstring)
 
   @nn.compact
   def __call__(self, x):
     bn = lambda name: BatchNorm(not self.train, dtype=self.dtype, axis_name=self.bn_axis_name, name=name)
     ch = self.stages_out_channels
-    x = Conv(ch[0], (3, 3), strides=2, padding=1, dtype=self.dtype, name="conv1_0")(x)
-    x = nn.relu(bn("conv1_1")(x))  # (N, 112, 112, 29)
-    x0 = max_pool_3x3_s2(x)  # (N, 56, 56, 29)
+    # nn.remat keeps the module and parameter names: the same checkpoints load either way.
+    checkpointed = nn.remat if self.remat else (lambda target: target)
+
+    def stem(module, x):
+      x = Conv(ch[0], (3, 3), strides=2, padding=1, dtype=self.dtype, name="conv1_0")(x)
+      x = nn.relu(bn("conv1_1")(x))  # (N, 112, 112, 29)
+      return max_pool_3x3_s2(x)  # (N, 56, 56, 29)
+
+    def head(module, x):
+      x = nn.relu(bn("conv5_1")(Conv1x1(ch[4], dtype=self.dtype, name="conv5_0")(x)))  # (N, 7, 7, 1024)
+      return jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)  # (N, 1024)
+
+    unit_class = checkpointed(InvertedResidual)
 
     def stage(x, index, repeats, out_features):
       for unit in range(repeats):
-        x = InvertedResidual(out_features, 2 if unit == 0 else 1, self.train, self.conv_impl, self.dtype,
-                             self.bn_axis_name, name=f"stage{index}_{unit}")(x)
+        x = unit_class(out_features, 2 if unit == 0 else 1, self.train, self.conv_impl, self.dtype,
+                       self.bn_axis_name, name=f"stage{index}_{unit}")(x)
       return x
 
+    x0 = checkpointed(stem)(self, x)  # (N, 56, 56, 29)
     x = stage(x0, 2, self.stages_repeats[0], ch[1])  # (N, 28, 28, 116)
-    x = Modulator(self.train, dtype=self.dtype, bn_axis_name=self.bn_axis_name, name="modulator")(x)
-    x = x + LocalFeatureExtractor(ch[1], self.train, self.conv_impl, self.dtype, self.bn_axis_name,
-                                  name="local")(x0)
+    x = checkpointed(Modulator)(self.train, dtype=self.dtype, bn_axis_name=self.bn_axis_name, name="modulator")(x)
+    x = x + checkpointed(LocalFeatureExtractor)(ch[1], self.train, self.conv_impl, self.dtype, self.bn_axis_name,
+                                                name="local")(x0)
     x = stage(x, 3, self.stages_repeats[1], ch[2])  # (N, 14, 14, 232)
     x = stage(x, 4, self.stages_repeats[2], ch[3])  # (N, 7, 7, 464)
-    x = nn.relu(bn("conv5_1")(Conv1x1(ch[4], dtype=self.dtype, name="conv5_0")(x)))  # (N, 7, 7, 1024)
-    return jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)  # (N, 1024)
+    return checkpointed(head)(self, x)  # (N, 1024)
