@@ -36,9 +36,35 @@ from avtca_jax.models.avtca import MFCC_SHAPE, AudioClassifier
 NUM_CLASSES = len(EMOTIONS)
 DEFAULT_AUDIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ravdess" / "audio_speech_22k"
 
-# The recipe, chosen by validation accuracy on folds 1 and 3 (docs/audio_only.md). Plain dict so that an
+# The recipe (docs/audio_only.md), chosen by mean validation accuracy over the five folds among 13 variants
+# (the test actors were not looked at): the original's optimizer on per-coefficient standardised MFCCs, its
+# schedule compressed from 100 to 24 epochs. About 30 s per fold on a 2-core CPU. Plain dict so that an
 # ml_collections config can do `config.update(AUDIO_RECIPE)` or `ConfigDict(AUDIO_RECIPE)`.
 AUDIO_RECIPE: Dict[str, Any] = dict(
+    normalize="train",       # per-coefficient mean/std: 'train' (train split's clips and frames), 'clip', 'speaker', 'none'
+    optimizer="sgd_dampened",  # PyTorch SGD(momentum 0.9, dampening 0.9, weight_decay 1e-3) as the original
+    learning_rate=0.06,
+    weight_decay=1e-3,       # L2 added to the gradient, on every parameter (as the original)
+    momentum=0.9,
+    schedule="multistep",    # x0.1 after epochs 14, 19 and 22 (the original: 40, 55, 65, 70 of 100)
+    milestones=(14, 19, 22),
+    warmup_epochs=0,
+    epochs=24,
+    batch_size=8,            # the fastest per clip on XLA:CPU here (larger batches leave the caches)
+    label_smoothing=0.0,
+    time_shift=0,            # circular shift by U{-k..k} frames (of 156); off: no gain measured
+    time_crop=0,             # > 0: train on a random window of this many frames per clip (eval: all 156)
+    time_masks=0, time_mask_width=0,   # SpecAugment-style time masks (off)
+    coef_masks=0, coef_mask_width=0,   # coefficient masks (off)
+    mixup_alpha=0.0,         # mixup (off)
+    ema_decay=0.0,           # > 0: validate/test an exponential moving average of params and BN statistics
+    eval_shifts=0,           # > 0: average the softmax of 2k+1 circular time shifts in [-time_shift, time_shift] (20 if 0)
+    seed=1,
+)
+
+# The first session's recipe (AdamW, cosine, 20 x 16; docs/audio_only.md, 'What was tried'): cheaper than the
+# original, 58.2% mean test accuracy. Kept for comparison: --recipe=adamw.
+ADAMW_RECIPE: Dict[str, Any] = dict(
     normalize="train",       # per-coefficient mean/std: 'train' (train split's clips and frames), 'clip', 'speaker', 'none'
     optimizer="adamw",
     learning_rate=2e-3,      # peak, after linear warm-up
@@ -67,7 +93,7 @@ ORIGINAL_RECIPE: Dict[str, Any] = dict(
     mixup_alpha=0.0, ema_decay=0.0, eval_shifts=0, seed=1,
 )
 
-RECIPES = {"audio": AUDIO_RECIPE, "original": ORIGINAL_RECIPE}
+RECIPES = {"audio": AUDIO_RECIPE, "original": ORIGINAL_RECIPE, "adamw": ADAMW_RECIPE}
 
 
 

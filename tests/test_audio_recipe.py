@@ -74,20 +74,19 @@ def test_make_config_rejects_unknown_keys():
 @pytest.mark.skipif(not AUDIO_DIR.is_dir(), reason=f"RAVDESS speech audio not found at {AUDIO_DIR} "
                     "(../shared/data/ravdess/audio_speech_22k next to the repository)")
 def test_one_real_fold_trains_far_above_chance():
-  """A short run of the recipe (4 epochs) on fold 1's 960 train clips; chance is 12.5% on 8 classes.
+  """A short run of the recipe (5 epochs, x0.1 after 3) on fold 1's 960 train clips; chance is 12.5%.
 
   The first run computes the 1440 clips' MFCCs (about 1.5 CPU-minutes, 2 processes) into the cache.
   """
   from avtca_jax.audio_data import load_ravdess_audio
   data = load_ravdess_audio(AUDIO_DIR)
   assert data["mfcc"].shape == (1440, 156, 10)
-  config = audio_recipe.make_config("audio", epochs=4, warmup_epochs=1, batch_size=32, time_masks=0,
-                                    coef_masks=0, mixup_alpha=0.0)
+  config = audio_recipe.make_config("audio", epochs=5, milestones=(3,))
   start = time.perf_counter()
   result = audio_recipe.train_fold(data, "fold1", config)
-  print(f"fold1, 4 epochs: {time.perf_counter() - start:.1f} s, test {result['test']}")
+  print(f"fold1, 5 epochs: {time.perf_counter() - start:.1f} s, test {result['test']}")
   assert result["num_clips"] == {"train": 960, "validation": 240, "test": 240}
-  assert 1 <= result["best_epoch"] <= 4
+  assert 1 <= result["best_epoch"] <= 5
   assert result["test"]["accuracy"] > 35.0, result["test"]
   assert result["test"]["uar"] > 30.0, result["test"]
 

@@ -65,3 +65,14 @@ def test_failed_worker_gives_exit_code_and_last_error_line():
     processes.run([sys.executable, "-c", "import sys; print('noise', file=sys.stderr); sys.exit('boom: no memory')"])
   assert failure.value.message == "exit code 1: boom: no memory"
   assert processes.describe_ending(137, "").startswith("killed by SIGKILL (exit code 137 = signal 9; likely out of")
+
+
+def test_audio_step_benchmark_reports_both_frameworks():
+  """The audio-branch step benchmark in a tiny configuration: every field, both frameworks (not speed)."""
+  from benchmarks import audio_step
+  result = audio_step.measure(batch_size=2, steps=2, repeats=1, num_eval=4)
+  for name in ("jax", "torch"):
+    assert set(result[name]) >= {"step_ms", "clips_per_s", "steps_s", "eval_s", "compile_s"}
+    assert result[name]["step_ms"] > 0 and len(result[name]["steps_s_all"]) == 1
+  assert result["speedup"] > 0
+  assert "JAX speed-up" in audio_step.markdown(result)
