@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 from benchmarks import processes, step_time
 
@@ -253,8 +254,65 @@ PUBLISHED = ("Published, for comparison (spec 7): AVT-CA 96.11% accuracy / 93.78
              "PyTorch original's audio branch on these folds, this machine: 62.1/74.2/50.4/56.7/62.5 (mean 61.2%).")
 
 
+# Audio-video protocols of the accuracy table: (name, config variant, runner, published figure).
+AV_PROTOCOLS = (
+    ("av_folds", "fold1", "cross_validation", "Chumachenko et al. 81.58% (IA fusion, one actor split)"),
+    ("av_original", "original", "train", "none published (the public code's own split, test actors 1-4)"),
+    ("av_paper_split", "paper_split", "train", "AVT-CA 96.11% / F1 93.78 (random 80/20 split, leaks actors)"),
+)
+
+
+def _tfds_dataset_dir(data_dir: str, config_name: str) -> Optional[Path]:
+  """The prepared `ravdess/<config_name>` tfds directory under data_dir (tfds layout), or None."""
+  root = Path(data_dir or os.environ.get("TFDS_DATA_DIR", "") or Path.home() / "tensorflow_datasets")
+  versions = sorted((root / "ravdess" / config_name).glob("*/dataset_info.json"))
+  return versions[-1].parent if versions else None
+
+
+def _av_protocol(args, name, variant, runner, published):
+  """Run one audio-video protocol when the ravdess tfds dataset is built; otherwise say how to get there."""
+  builder_config = "av_with_video_only" if variant == "original" else "av"
+  out = Path(args.workdir) / "accuracy" / name
+  command = ([sys.executable, "-m", "avtca_jax.cross_validation", f"--config=configs/ravdess.py:{variant}",
+              f"--workdir={out}"] if runner == "cross_validation" else
+             [sys.executable, "-m", "avtca_jax.train", f"--config=configs/ravdess.py:{variant}", f"--workdir={out}"])
+  if args.data_dir:
+    command.append(f"--config.data.data_dir={args.data_dir}")
+  if args.init_checkpoint:
+    command.append(f"--config.init_checkpoint={args.init_checkpoint}")
+  shown = " ".join(["python"] + command[1:])
+  if _tfds_dataset_dir(args.data_dir, builder_config) is None:
+    return {"protocol": name, "status": "not run", "command": shown, "published": published,
+            "reason": f"tfds dataset ravdess/{builder_config} not found (build it from the full RAVDESS download: "
+                      f"python -m data.ravdess.build data/ravdess --config {builder_config} --manual_dir DIR "
+                      "--data_dir DIR; docs/data.md)"}
+  processes.run(command, cwd=REPO, capture=False)
+  if runner == "cross_validation":
+    report = json.loads((out / "cross_validation.json").read_text())
+    both = report["summary"]["both"]
+    metrics = {m: both[m]["mean"] for m in ("accuracy", "uar", "macro_f1")}
+    metrics["accuracy_std"] = both["accuracy"]["std"]
+  else:
+    metrics = json.loads((out / "test_metrics.json").read_text())
+  return {"protocol": name, "status": "done", "command": shown, "published": published, "test": metrics}
+
+
+def _accuracy_md(audio_table: str, recipe: str, av_rows) -> str:
+  rows = ["| protocol | status | test accuracy | command | published |", "| --- | --- | --- | --- | --- |"]
+  for r in av_rows:
+    if r["status"] == "done":
+      t = r["test"]
+      value = f"{100 * t['accuracy']:.1f}%" + (f" ± {100 * t['accuracy_std']:.1f}" if "accuracy_std" in t else "")
+    else:
+      value = f"not run: {r['reason']}"
+    rows.append(f"| {r['protocol']} | {r['status']} | {value} | `{r['command']}` | {r['published']} |")
+  return (f"Audio-only, recipe `{recipe}`:\n\n{audio_table}\n{PUBLISHED}\n\nAudio + video (AVT-CA `it`):\n\n"
+          + "\n".join(rows))
+
+
 def accuracy_suite(args):
-  """Audio-only actor-independent folds on the real speech files (the protocol runnable without videos)."""
+  """Audio-only actor-independent folds on the real speech files, and the audio-video protocols (actor
+  folds, the original's split, the paper's random split) where the ravdess tfds dataset is built."""
   out = Path(args.workdir) / "accuracy"
   folds = "1" if args.quick else "1,2,3,4,5"
   cmd = [sys.executable, "-m", "avtca_jax.audio_recipe", f"--folds={folds}", f"--recipe={args.recipe}",
@@ -264,7 +322,9 @@ def accuracy_suite(args):
   processes.run(cmd, cwd=REPO, capture=False)  # its progress stays on the terminal
   per_fold = [json.loads((out / f"fold{k}.json").read_text()) for k in folds.split(",")]
   table = (out / "results.md").read_text()
-  return {"folds": per_fold, "markdown": f"Audio-only, recipe `{args.recipe}`:\n\n{table}\n{PUBLISHED}"}
+  protocols = [p for p in AV_PROTOCOLS if p[0] in args.av_protocols.split(",")]
+  av_rows = [_av_protocol(args, *p) for p in protocols]
+  return {"folds": per_fold, "av": av_rows, "markdown": _accuracy_md(table, args.recipe, av_rows)}
 
 
 def main(argv=None):
@@ -280,7 +340,11 @@ def main(argv=None):
   p.add_argument("--conv_impl", default="auto")
   p.add_argument("--remat", action="store_true", help="JAX: rematerialise EfficientFace's blocks (less memory)")
   p.add_argument("--find_largest", action="store_true")
-  p.add_argument("--recipe", default="original", help="accuracy suite: avtca_jax.audio_recipe recipe")
+  p.add_argument("--recipe", default="audio", help="accuracy suite: avtca_jax.audio_recipe recipe")
+  p.add_argument("--av_protocols", default="av_folds,av_original,av_paper_split",
+                 help="accuracy suite: audio-video protocols to run when the ravdess tfds dataset is built")
+  p.add_argument("--data_dir", default="", help="accuracy suite: tfds data_dir holding ravdess/av")
+  p.add_argument("--init_checkpoint", default="", help="accuracy suite: converted EfficientFace for the AV runs")
   p.add_argument("--train_variant", default="default", help="train suite: configs/ravdess.py variant")
   p.add_argument("--train_batch_size", type=int, default=8)
   p.add_argument("--train_image_size", type=int, default=32, help="model input (the generated clips are 64 px)")

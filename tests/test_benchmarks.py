@@ -76,3 +76,23 @@ def test_audio_step_benchmark_reports_both_frameworks():
     assert result[name]["step_ms"] > 0 and len(result[name]["steps_s_all"]) == 1
   assert result["speedup"] > 0
   assert "JAX speed-up" in audio_step.markdown(result)
+
+
+def test_accuracy_suite_av_protocols_say_how_to_run_them(tmp_path):
+  """Without the ravdess tfds dataset an AV protocol is a 'not run' row naming the dataset, the build command
+  and the command that would produce its number; a finished protocol shows its test accuracy."""
+  import argparse
+  from benchmarks import run
+  args = argparse.Namespace(workdir=str(tmp_path), data_dir=str(tmp_path / "tfds"), init_checkpoint="")
+  rows = [run._av_protocol(args, *p) for p in run.AV_PROTOCOLS]
+  assert [r["status"] for r in rows] == ["not run"] * 3
+  assert "ravdess/av " in rows[0]["reason"] and "python -m data.ravdess.build" in rows[0]["reason"]
+  assert "ravdess/av_with_video_only" in rows[1]["reason"]
+  assert rows[0]["command"].startswith("python -m avtca_jax.cross_validation --config=configs/ravdess.py:fold1")
+  assert "--config.data.data_dir=" in rows[2]["command"]
+  (tmp_path / "tfds" / "ravdess" / "av" / "1.0.0").mkdir(parents=True)
+  (tmp_path / "tfds" / "ravdess" / "av" / "1.0.0" / "dataset_info.json").write_text("{}")
+  assert run._tfds_dataset_dir(args.data_dir, "av") == tmp_path / "tfds" / "ravdess" / "av" / "1.0.0"
+  done = dict(rows[0], status="done", test={"accuracy": 0.8, "uar": 0.79, "macro_f1": 0.78, "accuracy_std": 0.05})
+  md = run._accuracy_md("| fold | ... |", "audio", [done, rows[1]])
+  assert "| av_folds | done | 80.0% ± 5.0 |" in md and "| av_original | not run | not run: tfds dataset" in md
