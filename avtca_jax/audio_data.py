@@ -157,25 +157,35 @@ def class_counts(labels: Iterable[int]) -> np.ndarray:
 NORMALIZATIONS = ("train", "clip", "speaker", "none")
 
 
+def normalize_clips(mfcc: np.ndarray, mode: str, stats: Optional[Dict] = None) -> np.ndarray:
+  """(..., 156, 10) MFCCs normalised by a mode that needs no other clips: 'train' with the given
+  statistics ({'mean', 'std'} per coefficient), 'clip' (each clip over its own frames), 'none'.
+  Training (`normalize_mfcc`) and `predict` both go through here."""
+  x = np.asarray(mfcc, np.float64)
+  if mode == "train":
+    x = (x - np.asarray(stats["mean"])) / np.asarray(stats["std"])
+  elif mode == "clip":
+    x = (x - x.mean(axis=-2, keepdims=True)) / (x.std(axis=-2, keepdims=True) + 1e-6)
+  elif mode != "none":
+    raise ValueError(f"normalize={mode!r} cannot be applied clip by clip; expected 'train', 'clip' or 'none'")
+  return x.astype(np.float32)
+
+
 def normalize_mfcc(parts, mode: str):
   """Normalised copies of each split's MFCCs (see NORMALIZATIONS) and the statistics used ('train' only)."""
   if mode not in NORMALIZATIONS:
     raise ValueError(f"normalize={mode!r}; expected one of {NORMALIZATIONS}")
-  out, stats = {}, {}
+  stats = {}
   if mode == "train":
     train_mfcc = parts["train"]["mfcc"]
-    mean = train_mfcc.mean(axis=(0, 1))
-    std = train_mfcc.std(axis=(0, 1)) + 1e-6
-    stats = {"mean": mean.tolist(), "std": std.tolist()}
+    stats = {"mean": train_mfcc.mean(axis=(0, 1)).tolist(), "std": (train_mfcc.std(axis=(0, 1)) + 1e-6).tolist()}
+  if mode != "speaker":
+    return {name: normalize_clips(p["mfcc"], mode, stats) for name, p in parts.items()}, stats
+  out = {}
   for name, p in parts.items():
     x = p["mfcc"].astype(np.float64)
-    if mode == "train":
-      x = (x - mean) / std
-    elif mode == "clip":
-      x = (x - x.mean(axis=1, keepdims=True)) / (x.std(axis=1, keepdims=True) + 1e-6)
-    elif mode == "speaker":
-      for actor in np.unique(p["actor"]):
-        rows = p["actor"] == actor
-        x[rows] = (x[rows] - x[rows].mean(axis=(0, 1))) / (x[rows].std(axis=(0, 1)) + 1e-6)
+    for actor in np.unique(p["actor"]):
+      rows = p["actor"] == actor
+      x[rows] = (x[rows] - x[rows].mean(axis=(0, 1))) / (x[rows].std(axis=(0, 1)) + 1e-6)
     out[name] = x.astype(np.float32)
   return out, stats

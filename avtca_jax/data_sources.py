@@ -23,6 +23,11 @@ MFCC_SHAPE = (156, 10)
 SPLITS = ("train", "validation", "test")
 
 
+# The MFCC normalisation of an 'audio_folder' run (`ArraySource.mfcc_normalization`), which the trainer
+# writes into the workdir and `avtca_jax.predict` applies to new clips.
+NORMALIZATION_FILE = "mfcc_normalization.json"
+
+
 class DataError(ValueError):
   """A dataset that is missing or does not fit the config (raised before any compilation)."""
 
@@ -127,9 +132,10 @@ def _audio_folder_source(config, process_index, process_count):
     raise DataError(f"audio folder {path!r} holds no RAVDESS audio files")
   parts = audio_data.split_by_protocol(data, config.data.protocol, seed=config.seed)
   normalize = config.data.get("normalize", "none")
-  if normalize not in audio_data.NORMALIZATIONS:
-    raise DataError(f"config.data.normalize={normalize!r}; expected one of {audio_data.NORMALIZATIONS}")
-  mfcc, stats = audio_data.normalize_mfcc(parts, normalize)  # 'train': statistics of the train actors
+  try:
+    mfcc, stats = audio_data.normalize_mfcc(parts, normalize)  # 'train': statistics of the train actors
+  except ValueError as error:
+    raise DataError(f"config.data.{error}") from error
   arrays = {name: dict({k: v for k, v in part.items() if k != "stem"}, mfcc=mfcc[name])
             for name, part in parts.items()}
   source = ArraySource(arrays, process_index, process_count)

@@ -12,6 +12,7 @@ This module never imports TensorFlow (face detection uses torch, which must not 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -46,27 +47,22 @@ def preprocess(video_or_audio: str, audio: str | None = None, audio_only: bool =
   return np.asarray(clip["mfcc"], np.float32), np.asarray(clip["face_crops"], np.uint8)
 
 
-NORMALIZATION_FILE = "mfcc_normalization.json"  # written by the trainer for normalised audio-folder data
-
-
 def normalize_like_training(workdir: str, config, mfcc: np.ndarray) -> np.ndarray:
   """The MFCC normalisation the run was trained with (`config.data.normalize`), applied to one clip."""
+  from avtca_jax import audio_data, data_sources
   mode = config.data.get("normalize", "none") if config.data.source == "audio_folder" else "none"
-  if mode == "none":
-    return mfcc
-  if mode == "clip":
-    return ((mfcc - mfcc.mean(axis=0)) / (mfcc.std(axis=0) + 1e-6)).astype(np.float32)
+  if mode == "speaker":
+    raise ValueError(f"the run used data.normalize={mode!r}, which needs all clips of the speaker: "
+                     "predict supports 'none', 'train' and 'clip'")
+  stats = None
   if mode == "train":
-    import json
-    path = os.path.join(workdir, NORMALIZATION_FILE)
+    path = os.path.join(workdir, data_sources.NORMALIZATION_FILE)
     if not os.path.exists(path):
       raise FileNotFoundError(f"{path} is missing: the run used data.normalize='train' and its statistics "
                               "are needed to normalise a new clip")
     with open(path) as f:
       stats = json.load(f)
-    return ((mfcc - np.asarray(stats["mean"])) / np.asarray(stats["std"])).astype(np.float32)
-  raise ValueError(f"the run used data.normalize={mode!r}, which needs all clips of the speaker: "
-                   "predict supports 'none', 'train' and 'clip'")
+  return audio_data.normalize_clips(mfcc, mode, stats)
 
 
 def predict_probabilities(checkpoint: str, video_or_audio: str, audio: str | None = None):

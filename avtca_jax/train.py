@@ -415,7 +415,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         f.write(config.to_json_best_effort(indent=1))
       normalization = getattr(source, "mfcc_normalization", {"mode": "none"})
       if normalization["mode"] != "none":  # predict applies the same statistics to new clips
-        with open(os.path.join(workdir, "mfcc_normalization.json"), "w") as f:
+        with open(os.path.join(workdir, data_sources.NORMALIZATION_FILE), "w") as f:
           json.dump(normalization, f, indent=1)
   logging.info("%d devices on %d processes, %d steps (%d per epoch), batch %d (%d per device)", num_devices,
                num_processes, num_steps, steps_per_epoch, config.batch_size, config.batch_size // num_devices)
