@@ -189,3 +189,94 @@ def normalize_mfcc(parts, mode: str):
       x[rows] = (x[rows] - x[rows].mean(axis=(0, 1))) / (x[rows].std(axis=(0, 1)) + 1e-6)
     out[name] = x.astype(np.float32)
   return out, stats
+
+
+# ----------------------------------------------------------------------------------------------- VTLP
+# Vocal tract length perturbation (Jaitly & Hinton 2013): the mel filterbank reads the spectrum through a
+# piecewise-linear frequency warp f -> alpha * f (kept inside [0, Nyquist] above a boundary frequency), which
+# moves formants as a shorter (alpha > 1) or longer (alpha < 1) vocal tract would. With 16 training speakers,
+# warped copies of each clip act as more speakers. Computed offline, once per clip and factor, from the
+# same power spectrogram as the original's MFCC (alpha = 1 reproduces `mfcc_features` exactly).
+VTLP_BOUNDARY_HZ = 4800.0
+# The factors computed for training (`load_vtlp_mfcc`): 0.8 .. 1.2 in steps of 0.025 (17, including 1.0).
+VTLP_ALPHAS = tuple(round(0.8 + 0.025 * i, 3) for i in range(17))
+
+
+def vtlp_warp(freqs: np.ndarray, alpha: float, sr: int = SAMPLE_RATE, boundary_hz: float = VTLP_BOUNDARY_HZ):
+  """Warped frequencies: alpha * f below f0 = boundary * min(alpha, 1) / alpha, then the straight line from
+  (f0, alpha * f0) to (Nyquist, Nyquist), so the warp is continuous, monotonic and keeps 0 and Nyquist."""
+  nyquist = sr / 2.0
+  f0 = boundary_hz * min(alpha, 1.0) / alpha
+  freqs = np.asarray(freqs, np.float64)
+  high = nyquist - (nyquist - alpha * f0) / (nyquist - f0) * (nyquist - freqs)
+  return np.where(freqs <= f0, alpha * freqs, high)
+
+
+def warped_mel_basis(alpha: float, sr: int = SAMPLE_RATE) -> np.ndarray:
+  """librosa.filters.mel with the original's settings (128 Slaney-normalised bands, 0..Nyquist), evaluated
+  at the VTLP-warped frequency of every FFT bin: (128, 1025)."""
+  import librosa
+
+  s = shared_audio.MFCC_SETTINGS
+  fftfreqs = vtlp_warp(librosa.fft_frequencies(sr=sr, n_fft=s["n_fft"]), alpha, sr)
+  mel_f = librosa.mel_frequencies(s["n_mels"] + 2, fmin=s["fmin"], fmax=sr / 2.0, htk=s["htk"])
+  fdiff = np.diff(mel_f)
+  ramps = np.subtract.outer(mel_f, fftfreqs)
+  lower = -ramps[:-2] / fdiff[:-1, None]
+  upper = ramps[2:] / fdiff[1:, None]
+  weights = np.maximum(0.0, np.minimum(lower, upper))
+  weights *= (2.0 / (mel_f[2:] - mel_f[:-2]))[:, None]  # Slaney: about constant energy per band
+  return weights.astype(np.float32)
+
+
+def vtlp_mfccs(waveform: np.ndarray, alphas: Sequence[float]) -> np.ndarray:
+  """(len(alphas), 156, 10) MFCCs of one 3.6 s waveform, one per warp factor, from a single STFT."""
+  import librosa
+  import scipy.fft
+
+  s = shared_audio.MFCC_SETTINGS
+  power = np.abs(librosa.stft(np.asarray(waveform, np.float32), n_fft=s["n_fft"], hop_length=s["hop_length"],
+                              win_length=s["win_length"], window=s["window"], center=s["center"],
+                              pad_mode=s["pad_mode"])) ** s["power"]
+  out = []
+  for alpha in alphas:
+    log_mel = librosa.power_to_db(warped_mel_basis(alpha) @ power, **shared_audio.DB_SETTINGS)
+    coeffs = scipy.fft.dct(log_mel, axis=-2, type=s["dct_type"], norm=s["norm"])[:NUM_MFCC]
+    out.append(coeffs.T)
+  return np.ascontiguousarray(np.stack(out), np.float32)
+
+
+def _clip_vtlp(args):
+  path, alphas = args
+  return vtlp_mfccs(load_waveform(path), alphas)
+
+
+def load_vtlp_mfcc(root: PathLike, alphas: Sequence[float], cache_path: Optional[PathLike] = None,
+                   num_workers: int = 2, use_cache: bool = True) -> np.ndarray:
+  """(N, len(alphas), 156, 10) VTLP-warped MFCCs of every clip under `root`, in `load_ravdess_audio`'s
+  order, cached beside its features (the key adds the warp factors)."""
+  alphas = tuple(float(a) for a in alphas)
+  files = list_audio_files(root)
+  stems = np.array([p.name.split(".")[0] for p in files])
+  if cache_path is None:
+    base = default_cache_path(root, files)
+    tag = hashlib.sha1(repr((alphas, VTLP_BOUNDARY_HZ)).encode()).hexdigest()[:8]
+    cache_path = base.with_name(base.stem + f"_vtlp_{tag}.npz")
+  cache_path = Path(cache_path)
+  if use_cache and cache_path.is_file():
+    with np.load(cache_path, allow_pickle=False) as cached:
+      if (str(cached["version"]) == FEATURE_VERSION and np.array_equal(cached["stem"], stems)
+          and np.array_equal(cached["alphas"], np.array(alphas))):
+        return cached["mfcc"].astype(np.float32)
+  jobs = [(p, alphas) for p in files]
+  if num_workers <= 1:
+    mfcc = np.stack([_clip_vtlp(j) for j in jobs])
+  else:
+    with ProcessPoolExecutor(max_workers=num_workers) as pool:
+      mfcc = np.stack(list(pool.map(_clip_vtlp, jobs, chunksize=16)))
+  if use_cache:
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_path.with_name(cache_path.name + f".tmp{os.getpid()}.npz")
+    np.savez(tmp, mfcc=mfcc, stem=stems, alphas=np.array(alphas), version=np.array(FEATURE_VERSION))
+    os.replace(tmp, cache_path)
+  return mfcc

@@ -32,7 +32,8 @@ import numpy as np
 import optax
 
 from avtca_jax import metrics
-from avtca_jax.audio_data import EMOTIONS, NORMALIZATIONS, load_ravdess_audio, normalize_mfcc, split_by_protocol
+from avtca_jax.audio_data import (EMOTIONS, NORMALIZATIONS, VTLP_ALPHAS, load_ravdess_audio, load_vtlp_mfcc,
+                                  normalize_clips, normalize_mfcc, split_by_protocol)
 from avtca_jax.models.avtca import MFCC_SHAPE, AudioClassifier
 
 NUM_CLASSES = len(EMOTIONS)
@@ -61,6 +62,10 @@ AUDIO_RECIPE: Dict[str, Any] = dict(
     mixup_alpha=0.0,         # mixup (off)
     ema_decay=0.0,           # > 0: validate/test an exponential moving average of params and BN statistics
     eval_shifts=0,           # > 0: average the softmax of 2k+1 circular time shifts in [-time_shift, time_shift] (20 if 0)
+    vtlp=0.0,                # > 0: each training clip read through a random VTLP warp alpha in [1 - vtlp, 1 + vtlp]
+    eval_vtlp=0.0,           # > 0: validate/test on the mean softmax over the warps alpha in [1 - r, 1 + r]
+    average_last=0,          # > 0: report the mean softmax of the last n epochs' models (no best-epoch selection)
+    train_on_validation=False,  # True: train on the validation actors too (20 actors); needs no selection
     seed=1,
 )
 
@@ -83,6 +88,10 @@ ADAMW_RECIPE: Dict[str, Any] = dict(
     mixup_alpha=0.0,         # mixup (off)
     ema_decay=0.0,           # > 0: validate/test an exponential moving average of params and BN statistics
     eval_shifts=0,           # > 0: average the softmax of 2k+1 circular time shifts in [-time_shift, time_shift] (20 if 0)
+    vtlp=0.0,                # > 0: each training clip read through a random VTLP warp alpha in [1 - vtlp, 1 + vtlp]
+    eval_vtlp=0.0,           # > 0: validate/test on the mean softmax over the warps alpha in [1 - r, 1 + r]
+    average_last=0,          # > 0: report the mean softmax of the last n epochs' models (no best-epoch selection)
+    train_on_validation=False,  # True: train on the validation actors too (20 actors); needs no selection
     seed=0,
 )
 
@@ -92,7 +101,8 @@ ORIGINAL_RECIPE: Dict[str, Any] = dict(
     normalize="none", optimizer="sgd_dampened", learning_rate=0.06, weight_decay=1e-3, momentum=0.9,
     schedule="multistep", milestones=(40, 55, 65, 70), warmup_epochs=0, epochs=100, batch_size=8,
     label_smoothing=0.0, time_shift=0, time_crop=0, time_masks=0, time_mask_width=0, coef_masks=0, coef_mask_width=0,
-    mixup_alpha=0.0, ema_decay=0.0, eval_shifts=0, seed=1,
+    mixup_alpha=0.0, ema_decay=0.0, eval_shifts=0, vtlp=0.0, eval_vtlp=0.0, average_last=0,
+    train_on_validation=False, seed=1,
 )
 
 RECIPES = {"audio": AUDIO_RECIPE, "original": ORIGINAL_RECIPE, "adamw": ADAMW_RECIPE}
@@ -183,10 +193,33 @@ def augment(rng, x, config):
   return x * keep
 
 
+def pick_copies(rng, x):
+  """(B, K, T, C) -> (B, T, C): one uniformly random copy (VTLP warp) of each clip."""
+  version = jax.random.randint(rng, (x.shape[0],), 0, x.shape[1])
+  return x[jnp.arange(x.shape[0]), version]
+
+
 # ----------------------------------------------------------------------------------------------- training
+def _vtlp_columns(radius: float):
+  return [i for i, a in enumerate(VTLP_ALPHAS) if abs(a - 1.0) <= radius + 1e-9]
+
+
 def _prepare(parts, config):
   """Device arrays for each split; 'train' normalisation statistics come from the train split only."""
   mfcc, stats = normalize_mfcc(parts, config["normalize"])
+  if config.get("vtlp", 0.0) or config.get("eval_vtlp", 0.0):
+    if "mfcc_vtlp" not in parts["train"]:
+      raise ValueError("vtlp / eval_vtlp > 0 need data['mfcc_vtlp'] = audio_data.load_vtlp_mfcc(root, VTLP_ALPHAS)")
+    if config["normalize"] == "speaker":
+      raise ValueError("vtlp / eval_vtlp are not implemented with normalize='speaker'")
+  if config.get("vtlp", 0.0):
+    # Train on VTLP-warped copies: (N, K, T, C), one random copy per clip and step.
+    mfcc["train"] = normalize_clips(parts["train"]["mfcc_vtlp"][:, _vtlp_columns(config["vtlp"])],
+                                    config["normalize"], stats)
+  if config.get("eval_vtlp", 0.0):
+    for name in ("validation", "test"):
+      mfcc[name] = normalize_clips(parts[name]["mfcc_vtlp"][:, _vtlp_columns(config["eval_vtlp"])],
+                                   config["normalize"], stats)
   arrays = {name: (jnp.asarray(mfcc[name], jnp.float32), jnp.asarray(p["label"], jnp.int32))
             for name, p in parts.items() if len(p["label"])}
   return arrays, stats
@@ -228,8 +261,11 @@ def _build_steps(model, optimizer, config, num_train: int):
   def train_batch(params, batch_stats, opt_state, ema, x_all, y_all, index, rng):
     # One step on the clips `index` of the device-resident train set. (A lax.scan over a whole epoch was
     # far slower on XLA:CPU than one jit call per step: the convolutions inside the loop body lost speed.)
+    x = x_all[index]
+    if x.ndim == 4:  # (B, K, T, C) VTLP copies: one random warp per clip
+      x = pick_copies(jax.random.fold_in(rng, 7), x)
     (params, batch_stats, opt_state), (loss, correct) = train_step(
-        (params, batch_stats, opt_state), (x_all[index], y_all[index], rng))
+        (params, batch_stats, opt_state), (x, y_all[index], rng))
     if ema is not None:
       ema = jax.tree_util.tree_map(lambda e, v: ema_decay * e + (1.0 - ema_decay) * v, ema,
                                    {"params": params, "batch_stats": batch_stats})
@@ -256,8 +292,11 @@ def _build_steps(model, optimizer, config, num_train: int):
   @jax.jit
   def predict(params, batch_stats, x):
     # Mean of the softmax over circular time shifts (just the clip itself unless eval_shifts > 0).
+    copies = x.shape[1] if x.ndim == 4 else 1  # (N, K, T, C): K VTLP-warped copies of each clip
+    x = x.reshape((-1,) + x.shape[-2:])
     probs = sum(jax.nn.softmax(model.apply({"params": params, "batch_stats": batch_stats}, jnp.roll(x, s, axis=1),
                                            train=False)) for s in shifts) / len(shifts)
+    probs = probs.reshape(-1, copies, probs.shape[-1]).mean(axis=1)
     return jnp.argmax(probs, -1), probs
 
   return train_epoch, predict, steps
@@ -282,15 +321,24 @@ def _functions(config, num_train: int):
 
 def train_fold(data: Dict[str, np.ndarray], protocol: str, config: Optional[Dict[str, Any]] = None,
                verbose: bool = False) -> Dict[str, Any]:
-  """Train `AudioClassifier` on one protocol's train actors; return validation/test metrics of the best epoch.
+  """Train `AudioClassifier` on one protocol's train actors; return validation/test metrics.
 
   `data` is `load_ravdess_audio(...)`; `protocol` an `avtca_jax.splits` actor protocol ('fold1'..'fold5').
+  By default the reported model is the best-validation epoch's (the original's selection). With
+  `average_last=n` it is the mean softmax of the last n epochs' models instead (no selection: the
+  validation number is then an unbiased estimate). With `train_on_validation` the validation actors are
+  trained on too (20 training actors) and the last n epochs' mean (n >= 1) is tested; no validation number.
   """
   start = time.perf_counter()
   config = dict(AUDIO_RECIPE if config is None else config)
   parts = split_by_protocol(data, protocol)
+  if config.get("train_on_validation", False):
+    parts = {"train": {k: np.concatenate([parts["train"][k], parts["validation"][k]]) for k in parts["train"]},
+             "validation": {k: v[:0] for k, v in parts["validation"].items()}, "test": parts["test"]}
   arrays, stats = _prepare(parts, config)
-  (x_train, y_train), (x_val, y_val), (x_test, y_test) = arrays["train"], arrays["validation"], arrays["test"]
+  (x_train, y_train), (x_test, y_test) = arrays["train"], arrays["test"]
+  x_val, y_val = arrays.get("validation", (None, None))
+  average_last = int(config.get("average_last", 0)) or (1 if x_val is None else 0)
 
   init, optimizer, train_epoch, predict = _functions(config, x_train.shape[0])
   rng = jax.random.PRNGKey(config["seed"])
@@ -301,53 +349,78 @@ def train_fold(data: Dict[str, np.ndarray], protocol: str, config: Optional[Dict
   ema = ({"params": jax.tree_util.tree_map(jnp.copy, params), "batch_stats": jax.tree_util.tree_map(jnp.copy, batch_stats)}
          if config.get("ema_decay", 0.0) else None)
 
-  y_val_host = np.asarray(y_val)
+  y_val_host = None if y_val is None else np.asarray(y_val)
   best = {"accuracy": -1.0}
+  averaged = {"validation": 0.0, "test": 0.0}  # summed softmax of the last `average_last` epochs
   history = []
   for epoch in range(1, config["epochs"] + 1):
     rng, epoch_rng = jax.random.split(rng)
     params, batch_stats, opt_state, ema, loss, train_acc = train_epoch(params, batch_stats, opt_state, ema, x_train,
                                                                        y_train, epoch_rng)
     eval_params, eval_stats = (ema["params"], ema["batch_stats"]) if ema is not None else (params, batch_stats)
-    val_pred, _ = predict(eval_params, eval_stats, x_val)
-    val = classification_metrics(y_val_host, np.asarray(val_pred))
     loss = float(loss)
     if not np.isfinite(loss):
       raise FloatingPointError(f"{protocol}: loss is {loss} at epoch {epoch}; lower the learning rate")
-    history.append({"epoch": epoch, "train_loss": loss, "train_accuracy": 100.0 * float(train_acc),
-                    "val_accuracy": val["accuracy"]})
-    if val["accuracy"] > best["accuracy"]:  # strict '>' as the original: the earliest best epoch wins
-      best = {"accuracy": val["accuracy"], "epoch": epoch, "val": val,
-              "params": jax.tree_util.tree_map(jnp.copy, eval_params),
-              "batch_stats": jax.tree_util.tree_map(jnp.copy, eval_stats)}
+    record = {"epoch": epoch, "train_loss": loss, "train_accuracy": 100.0 * float(train_acc)}
+    if x_val is not None:
+      val_pred, val_probs = predict(eval_params, eval_stats, x_val)
+      val = classification_metrics(y_val_host, np.asarray(val_pred))
+      record["val_accuracy"] = val["accuracy"]
+      if val["accuracy"] > best["accuracy"]:  # strict '>' as the original: the earliest best epoch wins
+        best = {"accuracy": val["accuracy"], "epoch": epoch, "val": val,
+                "params": jax.tree_util.tree_map(jnp.copy, eval_params),
+                "batch_stats": jax.tree_util.tree_map(jnp.copy, eval_stats)}
+    if epoch > config["epochs"] - average_last:
+      averaged["test"] = averaged["test"] + np.asarray(predict(eval_params, eval_stats, x_test)[1], np.float64)
+      if x_val is not None:
+        averaged["validation"] = averaged["validation"] + np.asarray(val_probs, np.float64)
+    history.append(record)
     if verbose:
       print(f"  {protocol} epoch {epoch:3d} loss {loss:.3f} train {100 * float(train_acc):5.1f} "
-            f"val {val['accuracy']:5.1f}", flush=True)
+            f"val {record.get('val_accuracy', float('nan')):5.1f}", flush=True)
 
-  test_pred, _ = predict(best["params"], best["batch_stats"], x_test)
-  test = classification_metrics(np.asarray(y_test), np.asarray(test_pred))
-  seconds = time.perf_counter() - start
-  return {"protocol": protocol, "best_epoch": best["epoch"], "validation": best["val"], "test": test,
-          "seconds": seconds, "num_clips": {k: int(v[1].shape[0]) for k, v in arrays.items()},
-          "standardization": stats, "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()},
-          "history": history}
+  result = {"protocol": protocol}
+  if x_val is not None:
+    test_pred, _ = predict(best["params"], best["batch_stats"], x_test)
+    result["best_epoch_selection"] = {"best_epoch": best["epoch"], "validation": best["val"],
+                                      "test": classification_metrics(np.asarray(y_test), np.asarray(test_pred))}
+  if average_last:
+    result.update(best_epoch=None, averaged_epochs=list(range(config["epochs"] - average_last + 1, config["epochs"] + 1)),
+                  validation=(None if x_val is None else
+                              classification_metrics(y_val_host, averaged["validation"].argmax(-1))),
+                  test=classification_metrics(np.asarray(y_test), averaged["test"].argmax(-1)))
+  else:
+    result.update(best_epoch=best["epoch"], validation=best["val"], test=result["best_epoch_selection"]["test"])
+  result.update(seconds=time.perf_counter() - start, num_clips={k: int(v[1].shape[0]) for k, v in arrays.items()},
+                standardization=stats, config={k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()},
+                history=history)
+  return result
 
 
 # ----------------------------------------------------------------------------------------------- report
+def _model_cell(r) -> str:
+  """'18' (the best-validation epoch) or 'mean 20-24' (the averaged last epochs)."""
+  if r.get("best_epoch") is not None:
+    return str(r["best_epoch"])
+  epochs = r["averaged_epochs"]
+  return f"mean {epochs[0]}-{epochs[-1]}" if len(epochs) > 1 else f"last ({epochs[0]})"
+
+
 def summary_table(results) -> str:
-  rows = ["| fold | best epoch | val acc | test acc | test UAR | test macro-F1 | seconds |",
-          "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+  rows = ["| fold | model (epoch) | val acc | test acc | test UAR | test macro-F1 | seconds |",
+          "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+  val = lambda r: r["validation"]["accuracy"] if r.get("validation") else float("nan")
   for r in results:
-    rows.append(f"| {r['protocol']} | {r['best_epoch']} | {r['validation']['accuracy']:.1f} | "
+    rows.append(f"| {r['protocol']} | {_model_cell(r)} | {val(r):.1f} | "
                 f"{r['test']['accuracy']:.1f} | {r['test']['uar']:.1f} | {r['test']['macro_f1']:.1f} | "
                 f"{r['seconds']:.0f} |")
   if len(results) > 1:
     column = lambda f: np.array([f(r) for r in results])
-    cell = lambda f: f"{column(f).mean():.1f} ± {column(f).std(ddof=1):.1f}"
-    rows.append(f"| mean ± std | | {cell(lambda r: r['validation']['accuracy'])} | "
+    cell = lambda f: "-" if np.isnan(column(f)).any() else f"{column(f).mean():.1f} ± {column(f).std(ddof=1):.1f}"
+    rows.append(f"| mean ± std | | {cell(val)} | "
                 f"{cell(lambda r: r['test']['accuracy'])} | {cell(lambda r: r['test']['uar'])} | "
                 f"{cell(lambda r: r['test']['macro_f1'])} | {cell(lambda r: r['seconds'])} |")
-  return "\n".join(rows)
+  return "\n".join(rows).replace("| nan |", "| - |")
 
 
 def _parse_value(text: str):
@@ -375,13 +448,16 @@ def main(argv=None):
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   data = load_ravdess_audio(args.audio_dir, cache_path=args.cache)
+  if config.get("vtlp", 0.0) or config.get("eval_vtlp", 0.0):
+    data["mfcc_vtlp"] = load_vtlp_mfcc(args.audio_dir, VTLP_ALPHAS)
   print(f"{len(data['label'])} clips; recipe {args.recipe}: {json.dumps(config)}", flush=True)
   results = []
   for k in folds:
     result = train_fold(data, f"fold{k}", config, verbose=args.verbose)
     results.append(result)
     (out / f"fold{k}.json").write_text(json.dumps(result, indent=1))
-    print(f"fold{k}: best epoch {result['best_epoch']} val {result['validation']['accuracy']:.1f} | test acc "
+    val = f"{result['validation']['accuracy']:.1f}" if result["validation"] else "-"
+    print(f"fold{k}: model {_model_cell(result)} val {val} | test acc "
           f"{result['test']['accuracy']:.1f} UAR {result['test']['uar']:.1f} F1 {result['test']['macro_f1']:.1f} "
           f"| {result['seconds']:.1f} s", flush=True)
   table = summary_table(results)

@@ -146,3 +146,77 @@ def test_audio_classifier_length_contract():
   assert loose.apply(variables, jnp.zeros((2, 13, 10))).shape == (2, 8)
   with pytest.raises(ValueError, match="time >= 13"):
     loose.apply(variables, jnp.zeros((2, 12, 10)))
+
+
+def _synthetic_data(clips_per_actor=2, warps=False):
+  """24 actors; each class shifts the MFCCs' level, so a few steps learn something."""
+  from avtca_jax.audio_data import VTLP_ALPHAS
+  rng = np.random.default_rng(1)
+  actors = np.repeat(np.arange(1, 25), clips_per_actor)
+  labels = (np.arange(actors.size) % 8).astype(np.int32)
+  mfcc = rng.normal(0.0, 1.0, (actors.size, 156, 10)).astype(np.float32) + labels[:, None, None]
+  data = {"mfcc": mfcc, "label": labels, "actor": actors.astype(np.int32),
+          "stem": np.array([f"c{i}" for i in range(actors.size)])}
+  if warps:  # copy k = the clip + k / 100, so a copy's index can be read back from its values
+    data["mfcc_vtlp"] = mfcc[:, None] + (np.arange(len(VTLP_ALPHAS)) / 100.0)[None, :, None, None]
+  return data
+
+
+def test_average_last_and_train_on_validation():
+  data = _synthetic_data()
+  config = audio_recipe.make_config("audio", epochs=3, milestones=(2,), average_last=2)
+  result = audio_recipe.train_fold(data, "fold1", config)
+  assert result["best_epoch"] is None and result["averaged_epochs"] == [2, 3]
+  assert 0.0 <= result["validation"]["accuracy"] <= 100.0 and result["test"]["accuracy"] >= 0.0
+  assert 1 <= result["best_epoch_selection"]["best_epoch"] <= 3  # the original's selection is still recorded
+  assert "mean 2-3" in audio_recipe.summary_table([result, result])
+
+  joint = audio_recipe.train_fold(data, "fold1", dict(config, average_last=0, train_on_validation=True))
+  assert joint["num_clips"] == {"train": 40, "test": 8}  # 16 + 4 actors train; test actors untouched
+  assert joint["validation"] is None and joint["averaged_epochs"] == [3]  # the last epoch, nothing selected
+  assert "best_epoch_selection" not in joint
+  assert "| - |" in audio_recipe.summary_table([joint, joint])
+
+
+def test_vtlp_training_copies_and_warp_averaged_evaluation():
+  from avtca_jax.audio_data import VTLP_ALPHAS, split_by_protocol
+  data = _synthetic_data(warps=True)
+  parts = split_by_protocol(data, "fold1")
+  config = audio_recipe.make_config("audio", vtlp=0.05, eval_vtlp=0.025)
+  arrays, stats = audio_recipe._prepare(parts, config)
+  near = [i for i, a in enumerate(VTLP_ALPHAS) if abs(a - 1.0) <= 0.05 + 1e-9]
+  assert [VTLP_ALPHAS[i] for i in near] == [0.95, 0.975, 1.0, 1.025, 1.05]
+  x_train = np.asarray(arrays["train"][0])
+  assert x_train.shape == (32, 5, 156, 10) and arrays["validation"][0].shape == (8, 3, 156, 10)
+  # Normalised with the unwarped train clips' statistics, as the evaluation clips are.
+  expected = (parts["train"]["mfcc_vtlp"][:, near] - np.array(stats["mean"])) / np.array(stats["std"])
+  np.testing.assert_allclose(x_train, expected, rtol=1e-5, atol=1e-5)
+
+  # Evaluation on K warped copies = the mean of the K copies' softmax.
+  init, _, _, predict = audio_recipe._functions(config, 32)
+  variables = init(jax.random.PRNGKey(0))
+  x_val = arrays["validation"][0]
+  _, probs = predict(variables["params"], variables["batch_stats"], x_val)
+  per_copy = [predict(variables["params"], variables["batch_stats"], x_val[:, k])[1] for k in range(3)]
+  np.testing.assert_allclose(probs, sum(per_copy) / 3, rtol=1e-5, atol=1e-6)
+
+  del data["mfcc_vtlp"]
+  with pytest.raises(ValueError, match="load_vtlp_mfcc"):
+    audio_recipe._prepare(split_by_protocol(data, "fold1"), config)
+  with pytest.raises(ValueError, match="speaker"):
+    audio_recipe._prepare(parts, dict(config, normalize="speaker"))
+
+
+def test_vtlp_training_step_reads_one_copy_per_clip():
+  """With vtlp on, each step trains on one random warped copy of each clip; all copies get used."""
+  x = jnp.broadcast_to(jnp.arange(5, dtype=jnp.float32)[None, :, None, None], (8, 5, 156, 10))
+  seen = set()
+  for i in range(20):
+    picked = np.asarray(audio_recipe.pick_copies(jax.random.PRNGKey(i), x))
+    assert picked.shape == (8, 156, 10)
+    assert np.all(picked == picked[:, :1, :1])  # every clip is one whole copy
+    seen |= set(picked[:, 0, 0].tolist())
+  assert seen == {0.0, 1.0, 2.0, 3.0, 4.0}
+  data = _synthetic_data(warps=True)
+  result = audio_recipe.train_fold(data, "fold1", audio_recipe.make_config("audio", vtlp=0.2, epochs=1))
+  assert result["num_clips"]["train"] == 32 and np.isfinite(result["history"][0]["train_loss"])
