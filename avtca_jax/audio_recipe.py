@@ -66,6 +66,7 @@ AUDIO_RECIPE: Dict[str, Any] = dict(
     eval_vtlp=0.0,           # > 0: validate/test on the mean softmax over the warps alpha in [1 - r, 1 + r]
     average_last=0,          # > 0: report the mean softmax of the last n epochs' models (no best-epoch selection)
     train_on_validation=False,  # True: train on the validation actors too (20 actors); needs no selection
+    cycles=1,                # > 1: restart the multistep schedule this often; report the cycle ends' mean softmax
     seed=1,
 )
 
@@ -92,6 +93,7 @@ ADAMW_RECIPE: Dict[str, Any] = dict(
     eval_vtlp=0.0,           # > 0: validate/test on the mean softmax over the warps alpha in [1 - r, 1 + r]
     average_last=0,          # > 0: report the mean softmax of the last n epochs' models (no best-epoch selection)
     train_on_validation=False,  # True: train on the validation actors too (20 actors); needs no selection
+    cycles=1,                # > 1: restart the multistep schedule this often; report the cycle ends' mean softmax
     seed=0,
 )
 
@@ -102,7 +104,7 @@ ORIGINAL_RECIPE: Dict[str, Any] = dict(
     schedule="multistep", milestones=(40, 55, 65, 70), warmup_epochs=0, epochs=100, batch_size=8,
     label_smoothing=0.0, time_shift=0, time_crop=0, time_masks=0, time_mask_width=0, coef_masks=0, coef_mask_width=0,
     mixup_alpha=0.0, ema_decay=0.0, eval_shifts=0, vtlp=0.0, eval_vtlp=0.0, average_last=0,
-    train_on_validation=False, seed=1,
+    train_on_validation=False, cycles=1, seed=1,
 )
 
 RECIPES = {"audio": AUDIO_RECIPE, "original": ORIGINAL_RECIPE, "adamw": ADAMW_RECIPE}
@@ -115,6 +117,9 @@ def make_config(base: str = "audio", **overrides) -> Dict[str, Any]:
   if unknown:
     raise ValueError(f"unknown recipe keys {sorted(unknown)}; known: {sorted(config)}")
   config.update(overrides)
+  if config.get("cycles", 1) > 1 and (config["epochs"] % config["cycles"] or config["schedule"] != "multistep"):
+    raise ValueError(f"cycles={config['cycles']} needs schedule='multistep' and epochs ({config['epochs']}) "
+                     "divisible by cycles")
   if config["normalize"] not in NORMALIZATIONS:
     raise ValueError(f"normalize={config['normalize']!r}; expected one of {NORMALIZATIONS}")
   return config
@@ -132,6 +137,11 @@ def classification_metrics(labels, predictions, num_classes: int = NUM_CLASSES) 
 # ----------------------------------------------------------------------------------------------- optimizer
 def _schedule(config, steps_per_epoch: int):
   peak, total = config["learning_rate"], config["epochs"] * steps_per_epoch
+  if config["schedule"] == "multistep" and config.get("cycles", 1) > 1:
+    # Snapshot-ensemble cycles: the multistep schedule (milestones within a cycle) restarted every cycle.
+    cycle = config["epochs"] // config["cycles"]
+    milestones = jnp.asarray([m for m in config["milestones"] if m < cycle])
+    return lambda step: peak * 0.1 ** jnp.sum((step // steps_per_epoch) % cycle >= milestones)
   if config["schedule"] == "multistep":
     return optax.piecewise_constant_schedule(peak, {m * steps_per_epoch: 0.1 for m in config["milestones"]
                                                     if m < config["epochs"]})
@@ -319,6 +329,10 @@ def _functions(config, num_train: int):
   return _FUNCTIONS[key]
 
 
+def _rounded(probs):
+  return np.round(np.asarray(probs, np.float64), 5).tolist()
+
+
 def train_fold(data: Dict[str, np.ndarray], protocol: str, config: Optional[Dict[str, Any]] = None,
                verbose: bool = False) -> Dict[str, Any]:
   """Train `AudioClassifier` on one protocol's train actors; return validation/test metrics.
@@ -338,7 +352,12 @@ def train_fold(data: Dict[str, np.ndarray], protocol: str, config: Optional[Dict
   arrays, stats = _prepare(parts, config)
   (x_train, y_train), (x_test, y_test) = arrays["train"], arrays["test"]
   x_val, y_val = arrays.get("validation", (None, None))
-  average_last = int(config.get("average_last", 0)) or (1 if x_val is None else 0)
+  epochs, cycles = config["epochs"], int(config.get("cycles", 1))
+  if cycles > 1:  # snapshot ensemble: the model at the end of each learning-rate cycle
+    averaged_epochs = [epochs // cycles * (c + 1) for c in range(cycles)]
+  else:  # the last n epochs' models (n = 1 without a validation set), or none: best-validation selection
+    n = int(config.get("average_last", 0)) or (1 if x_val is None else 0)
+    averaged_epochs = list(range(epochs - n + 1, epochs + 1))
 
   init, optimizer, train_epoch, predict = _functions(config, x_train.shape[0])
   rng = jax.random.PRNGKey(config["seed"])
@@ -351,7 +370,7 @@ def train_fold(data: Dict[str, np.ndarray], protocol: str, config: Optional[Dict
 
   y_val_host = None if y_val is None else np.asarray(y_val)
   best = {"accuracy": -1.0}
-  averaged = {"validation": 0.0, "test": 0.0}  # summed softmax of the last `average_last` epochs
+  averaged = {"validation": 0.0, "test": 0.0}  # summed softmax of the models of `averaged_epochs`
   history = []
   for epoch in range(1, config["epochs"] + 1):
     rng, epoch_rng = jax.random.split(rng)
@@ -370,7 +389,7 @@ def train_fold(data: Dict[str, np.ndarray], protocol: str, config: Optional[Dict
         best = {"accuracy": val["accuracy"], "epoch": epoch, "val": val,
                 "params": jax.tree_util.tree_map(jnp.copy, eval_params),
                 "batch_stats": jax.tree_util.tree_map(jnp.copy, eval_stats)}
-    if epoch > config["epochs"] - average_last:
+    if epoch in averaged_epochs:
       averaged["test"] = averaged["test"] + np.asarray(predict(eval_params, eval_stats, x_test)[1], np.float64)
       if x_val is not None:
         averaged["validation"] = averaged["validation"] + np.asarray(val_probs, np.float64)
@@ -381,16 +400,24 @@ def train_fold(data: Dict[str, np.ndarray], protocol: str, config: Optional[Dict
 
   result = {"protocol": protocol}
   if x_val is not None:
-    test_pred, _ = predict(best["params"], best["batch_stats"], x_test)
+    test_pred, test_probs = predict(best["params"], best["batch_stats"], x_test)
+    _, best_val_probs = predict(best["params"], best["batch_stats"], x_val)
     result["best_epoch_selection"] = {"best_epoch": best["epoch"], "validation": best["val"],
-                                      "test": classification_metrics(np.asarray(y_test), np.asarray(test_pred))}
-  if average_last:
-    result.update(best_epoch=None, averaged_epochs=list(range(config["epochs"] - average_last + 1, config["epochs"] + 1)),
+                                      "test": classification_metrics(np.asarray(y_test), np.asarray(test_pred)),
+                                      "probabilities": {"validation": _rounded(best_val_probs),
+                                                        "test": _rounded(test_probs)}}
+  if averaged_epochs:
+    result.update(best_epoch=None, averaged_epochs=averaged_epochs,
                   validation=(None if x_val is None else
                               classification_metrics(y_val_host, averaged["validation"].argmax(-1))),
-                  test=classification_metrics(np.asarray(y_test), averaged["test"].argmax(-1)))
+                  test=classification_metrics(np.asarray(y_test), averaged["test"].argmax(-1)),
+                  probabilities={"validation": None if x_val is None else _rounded(averaged["validation"] / len(averaged_epochs)),
+                                 "test": _rounded(averaged["test"] / len(averaged_epochs))})
   else:
-    result.update(best_epoch=best["epoch"], validation=best["val"], test=result["best_epoch_selection"]["test"])
+    result.update(best_epoch=best["epoch"], validation=best["val"], test=result["best_epoch_selection"]["test"],
+                  probabilities=result["best_epoch_selection"]["probabilities"])
+  # Clip names in the order of the probabilities' rows (ensembles of runs average them).
+  result["stems"] = {name: [str(v) for v in parts[name]["stem"]] for name in ("validation", "test")}
   result.update(seconds=time.perf_counter() - start, num_clips={k: int(v[1].shape[0]) for k, v in arrays.items()},
                 standardization=stats, config={k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()},
                 history=history)

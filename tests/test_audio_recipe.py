@@ -220,3 +220,16 @@ def test_vtlp_training_step_reads_one_copy_per_clip():
   data = _synthetic_data(warps=True)
   result = audio_recipe.train_fold(data, "fold1", audio_recipe.make_config("audio", vtlp=0.2, epochs=1))
   assert result["num_clips"]["train"] == 32 and np.isfinite(result["history"][0]["train_loss"])
+
+
+def test_cycles_restart_the_multistep_schedule_and_ensemble_the_cycle_ends():
+  config = audio_recipe.make_config("audio", epochs=8, cycles=2, milestones=(2, 3))
+  lr = audio_recipe._schedule(config, steps_per_epoch=10)
+  per_epoch = [float(lr(10 * e + 5)) for e in range(8)]
+  np.testing.assert_allclose(per_epoch, [0.06, 0.06, 0.006, 0.0006] * 2, rtol=1e-6)
+  with pytest.raises(ValueError, match="divisible"):
+    audio_recipe.make_config("audio", epochs=9, cycles=2)
+  result = audio_recipe.train_fold(_synthetic_data(), "fold1", dict(config, epochs=4, milestones=(1,)))
+  assert result["averaged_epochs"] == [2, 4] and result["best_epoch"] is None
+  assert len(result["probabilities"]["test"]) == 8 and len(result["stems"]["test"]) == 8
+  np.testing.assert_allclose(np.sum(result["probabilities"]["test"], axis=1), 1.0, atol=1e-4)
