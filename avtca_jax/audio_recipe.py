@@ -416,12 +416,34 @@ def train_fold(data: Dict[str, np.ndarray], protocol: str, config: Optional[Dict
   else:
     result.update(best_epoch=best["epoch"], validation=best["val"], test=result["best_epoch_selection"]["test"],
                   probabilities=result["best_epoch_selection"]["probabilities"])
-  # Clip names in the order of the probabilities' rows (ensembles of runs average them).
+  # Clip names and labels in the order of the probabilities' rows (`ensemble` averages runs).
   result["stems"] = {name: [str(v) for v in parts[name]["stem"]] for name in ("validation", "test")}
+  result["labels"] = {name: [int(v) for v in parts[name]["label"]] for name in ("validation", "test")}
   result.update(seconds=time.perf_counter() - start, num_clips={k: int(v[1].shape[0]) for k, v in arrays.items()},
                 standardization=stats, config={k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()},
                 history=history)
   return result
+
+
+def ensemble(results) -> Dict[str, Any]:
+  """One fold's runs (e.g. several seeds) combined: the mean of their softmax on the same clips."""
+  first = results[0]
+  if any(r["protocol"] != first["protocol"] or r["stems"] != first["stems"] for r in results):
+    raise ValueError("ensemble: the runs are not of the same fold and clips")
+  out = {"protocol": first["protocol"], "best_epoch": None, "ensemble_of": len(results),
+         "seconds": float(sum(r["seconds"] for r in results)),
+         "members": [{"seed": r["config"]["seed"], "model": _model_cell(r),
+                      "validation_accuracy": r["validation"]["accuracy"] if r["validation"] else None,
+                      "test_accuracy": r["test"]["accuracy"]} for r in results],
+         "num_clips": first["num_clips"], "stems": first["stems"], "labels": first["labels"], "probabilities": {}}
+  for split in ("validation", "test"):
+    if first["probabilities"][split] is None:
+      out[split] = out["probabilities"][split] = None
+      continue
+    probs = np.mean([np.asarray(r["probabilities"][split]) for r in results], axis=0)
+    out["probabilities"][split] = _rounded(probs)
+    out[split] = classification_metrics(np.asarray(first["labels"][split]), probs.argmax(-1))
+  return out
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -429,6 +451,8 @@ def _model_cell(r) -> str:
   """'18' (the best-validation epoch) or 'mean 20-24' (the averaged last epochs)."""
   if r.get("best_epoch") is not None:
     return str(r["best_epoch"])
+  if r.get("ensemble_of"):
+    return f"ensemble of {r['ensemble_of']} ({', '.join(m['model'] for m in r['members'])})"
   epochs = r["averaged_epochs"]
   return f"mean {epochs[0]}-{epochs[-1]}" if len(epochs) > 1 else f"last ({epochs[0]})"
 
@@ -466,30 +490,48 @@ def main(argv=None):
   parser.add_argument("--recipe", default="audio", choices=sorted(RECIPES))
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a recipe key, e.g. --set epochs=40 --set learning_rate=0.002")
+  parser.add_argument("--seeds", default=None,
+                      help="comma-separated seeds: train each fold once per seed and report the ensemble (mean "
+                           "softmax), with every seed's own result beside it (default: the recipe's one seed)")
   parser.add_argument("--verbose", action="store_true")
   args = parser.parse_args(argv)
 
   overrides = dict(item.split("=", 1) for item in args.set)
   config = make_config(args.recipe, **{k: _parse_value(v) for k, v in overrides.items()})
+  seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [config["seed"]]
   folds = [int(f) for f in args.folds.split(",") if f]
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   data = load_ravdess_audio(args.audio_dir, cache_path=args.cache)
   if config.get("vtlp", 0.0) or config.get("eval_vtlp", 0.0):
     data["mfcc_vtlp"] = load_vtlp_mfcc(args.audio_dir, VTLP_ALPHAS)
-  print(f"{len(data['label'])} clips; recipe {args.recipe}: {json.dumps(config)}", flush=True)
-  results = []
+  print(f"{len(data['label'])} clips; recipe {args.recipe}, seeds {seeds}: {json.dumps(config)}", flush=True)
+
+  def report(name, result):
+    val = f"{result['validation']['accuracy']:.1f}" if result["validation"] else "-"
+    print(f"{name}: model {_model_cell(result)} val {val} | test acc {result['test']['accuracy']:.1f} "
+          f"UAR {result['test']['uar']:.1f} F1 {result['test']['macro_f1']:.1f} | {result['seconds']:.1f} s", flush=True)
+
+  results, per_seed = [], {seed: [] for seed in seeds}
   for k in folds:
-    result = train_fold(data, f"fold{k}", config, verbose=args.verbose)
+    runs = []
+    for seed in seeds:
+      result = train_fold(data, f"fold{k}", dict(config, seed=seed), verbose=args.verbose)
+      runs.append(result)
+      per_seed[seed].append(result)
+      if len(seeds) > 1:
+        (out / f"fold{k}_seed{seed}.json").write_text(json.dumps(result, indent=1))
+        report(f"fold{k} seed {seed}", result)
+    result = runs[0] if len(runs) == 1 else ensemble(runs)
     results.append(result)
     (out / f"fold{k}.json").write_text(json.dumps(result, indent=1))
-    val = f"{result['validation']['accuracy']:.1f}" if result["validation"] else "-"
-    print(f"fold{k}: model {_model_cell(result)} val {val} | test acc "
-          f"{result['test']['accuracy']:.1f} UAR {result['test']['uar']:.1f} F1 {result['test']['macro_f1']:.1f} "
-          f"| {result['seconds']:.1f} s", flush=True)
+    report(f"fold{k}", result)
   table = summary_table(results)
-  (out / "results.md").write_text(f"Recipe `{args.recipe}`: `{json.dumps(config)}`\n\n{table}\n")
-  print(table)
+  text = f"Recipe `{args.recipe}`: `{json.dumps(config)}`\n\n{table}\n"
+  if len(seeds) > 1:
+    text += "".join(f"\nSeed {seed} alone:\n\n{summary_table(per_seed[seed])}\n" for seed in seeds)
+  (out / "results.md").write_text(text)
+  print(text)
 
 
 if __name__ == "__main__":

@@ -233,3 +233,42 @@ def test_cycles_restart_the_multistep_schedule_and_ensemble_the_cycle_ends():
   assert result["averaged_epochs"] == [2, 4] and result["best_epoch"] is None
   assert len(result["probabilities"]["test"]) == 8 and len(result["stems"]["test"]) == 8
   np.testing.assert_allclose(np.sum(result["probabilities"]["test"], axis=1), 1.0, atol=1e-4)
+
+
+def test_ensemble_is_the_mean_softmax_of_the_runs():
+  data = _synthetic_data()
+  config = audio_recipe.make_config("audio", epochs=2, milestones=(1,), average_last=1)
+  runs = [audio_recipe.train_fold(data, "fold1", dict(config, seed=s)) for s in (1, 2)]
+  combined = audio_recipe.ensemble(runs)
+  mean = (np.array(runs[0]["probabilities"]["test"]) + np.array(runs[1]["probabilities"]["test"])) / 2
+  np.testing.assert_allclose(combined["probabilities"]["test"], mean, atol=2e-5)
+  expected = 100 * np.mean(mean.argmax(-1) == np.array(runs[0]["labels"]["test"]))
+  assert combined["test"]["accuracy"] == pytest.approx(expected)
+  assert [m["seed"] for m in combined["members"]] == [1, 2] and combined["ensemble_of"] == 2
+  assert "ensemble of 2" in audio_recipe.summary_table([combined, combined])
+  with pytest.raises(ValueError, match="same fold"):
+    audio_recipe.ensemble([runs[0], audio_recipe.train_fold(data, "fold2", config)])
+
+
+def test_cli_with_several_seeds_writes_each_seed_and_the_ensemble(tmp_path):
+  import soundfile
+  from avtca_jax.audio_data import SAMPLE_RATE
+  rng = np.random.default_rng(0)
+  for actor in range(1, 25):
+    for emotion in (1, 5):
+      folder = tmp_path / "audio" / f"Actor_{actor:02d}"
+      folder.mkdir(parents=True, exist_ok=True)
+      tone = np.sin(2 * np.pi * (200 * emotion) * np.arange(SAMPLE_RATE) / SAMPLE_RATE) * 0.3
+      soundfile.write(folder / f"03-01-{emotion:02d}-01-01-01-{actor:02d}.wav",
+                      (tone + rng.normal(0, 0.01, tone.shape)).astype(np.float32), SAMPLE_RATE)
+  out = tmp_path / "out"
+  audio_recipe.main(["--folds=1", f"--out={out}", f"--audio_dir={tmp_path / 'audio'}",
+                     f"--cache={tmp_path / 'mfcc.npz'}", "--seeds=3,4", "--set", "epochs=2", "--set", "milestones=[1]",
+                     "--set", "average_last=1"])
+  import json
+  seeds = [json.loads((out / f"fold1_seed{s}.json").read_text()) for s in (3, 4)]
+  assert [r["config"]["seed"] for r in seeds] == [3, 4]
+  combined = json.loads((out / "fold1.json").read_text())
+  assert combined["ensemble_of"] == 2 and combined["num_clips"] == {"train": 32, "validation": 8, "test": 8}
+  text = (out / "results.md").read_text()
+  assert "ensemble of 2" in text and "Seed 3 alone" in text and "Seed 4 alone" in text
