@@ -9,12 +9,15 @@ actors' statistics and the original's SGD schedule compressed from 100 to 24 epo
 original's accuracy (60.3% mean over 5 folds x 3 seeds against 61.2%) in about 32 s per fold instead of
 about 5 minutes on a 2-core CPU; docs/audio_only.md has the numbers, the search and what did not help.
 Options: `normalize` ('train', 'clip', 'speaker' = transductive, 'none'), time shift / crop / masks, mixup,
-label smoothing, EMA, shift-averaged evaluation. The whole data set lives on the device; each step is one
+label smoothing, EMA, shift-averaged evaluation, VTLP-warped training copies (`vtlp`, `eval_vtlp`), the mean
+of the last epochs instead of the best-validation epoch (`average_last`), snapshot cycles (`cycles`), training
+on the validation actors too (`train_on_validation`), and seed ensembles (`--seeds=1,0,2`). The whole data set lives on the device; each step is one
 jit call that gathers its batch on the device, so the host only sends indices. Folds of equal sizes share
 the compiled programs.
 
 Model selection follows the original (spec 6): after every epoch the validation accuracy is computed, the
-parameters of the best epoch (strict '>') are kept, and only those are run on the test actors.
+parameters of the best epoch (strict '>') are kept, and only those are run on the test actors. With
+`average_last` / `cycles` / `train_on_validation` nothing is selected: the named epochs' mean softmax is reported.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import optax
 from avtca_jax import metrics
 from avtca_jax.audio_data import (EMOTIONS, NORMALIZATIONS, VTLP_ALPHAS, load_ravdess_audio, load_vtlp_mfcc,
                                   normalize_clips, normalize_mfcc, split_by_protocol)
+from avtca_jax.data_sources import with_validation_in_train
 from avtca_jax.models.avtca import MFCC_SHAPE, AudioClassifier
 
 NUM_CLASSES = len(EMOTIONS)
@@ -347,8 +351,7 @@ def train_fold(data: Dict[str, np.ndarray], protocol: str, config: Optional[Dict
   config = dict(AUDIO_RECIPE if config is None else config)
   parts = split_by_protocol(data, protocol)
   if config.get("train_on_validation", False):
-    parts = {"train": {k: np.concatenate([parts["train"][k], parts["validation"][k]]) for k in parts["train"]},
-             "validation": {k: v[:0] for k, v in parts["validation"].items()}, "test": parts["test"]}
+    parts = with_validation_in_train(parts)
   arrays, stats = _prepare(parts, config)
   (x_train, y_train), (x_test, y_test) = arrays["train"], arrays["test"]
   x_val, y_val = arrays.get("validation", (None, None))
@@ -474,7 +477,7 @@ def summary_table(results) -> str:
   return "\n".join(rows).replace("| nan |", "| - |")
 
 
-def _parse_value(text: str):
+def parse_value(text: str):
   try:
     return json.loads(text)
   except json.JSONDecodeError:
@@ -497,7 +500,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
 
   overrides = dict(item.split("=", 1) for item in args.set)
-  config = make_config(args.recipe, **{k: _parse_value(v) for k, v in overrides.items()})
+  config = make_config(args.recipe, **{k: parse_value(v) for k, v in overrides.items()})
   seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [config["seed"]]
   folds = [int(f) for f in args.folds.split(",") if f]
   out = Path(args.out)

@@ -66,8 +66,10 @@ def get_builder(builder_name_or_dir: str = "ravdess", *, data_dir: Optional[str]
 
 
 def _resolve(builder, split: str) -> str:
+  """A protocol split, or several joined by '+' ('fold1_train+fold1_validation'), as stored splits."""
   from data.ravdess import resolve_split
-  return resolve_split(split, list(builder.info.splits.keys()))
+  available = list(builder.info.splits.keys())
+  return "+".join(resolve_split(part, available) for part in split.split("+"))
 
 
 def host_split_sizes(builder, split: str, process_count: int) -> List[int]:

@@ -44,14 +44,26 @@ class TfdsSource:
                            config=self.kwargs["config_name"])
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
 
-  def split_name(self, split: str) -> str:
+  def _stored_name(self, split: str) -> str:
     protocol = self.config.data.protocol
     if protocol == "paper_random":
       return f"paper_random_{split}"
     return f"{protocol}_{split}"
 
+  def split_name(self, split: str) -> str:
+    """The tfds split read for `split`; with `config.data.train_on_validation` the training split is
+    '<protocol>_train+<protocol>_validation' and the validation split is empty ('')."""
+    if self.config.data.get("train_on_validation", False) and split in ("train", "validation"):
+      validation = self._stored_name("validation")
+      has_validation = self.info["num_examples"].get(validation, 0) > 0
+      if split == "validation":
+        return ""
+      return self._stored_name("train") + (f"+{validation}" if has_validation else "")
+    return self._stored_name(split)
+
   def num_examples(self, split: str) -> int:
-    return int(self.info["num_examples"].get(self.split_name(split), 0))
+    name = self.split_name(split)
+    return sum(int(self.info["num_examples"].get(part, 0)) for part in name.split("+")) if name else 0
 
   @property
   def has_frames(self) -> bool:

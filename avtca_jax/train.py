@@ -520,8 +520,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       writer.write(num_steps, {f"test/{k}": v for k, v in test.items()})
       summary["test"] = test
       if is_main:
-        logging.info("test (best validation checkpoint, step %d): accuracy %.4f UAR %.4f macro-F1 %.4f",
-                     test["checkpoint_step"], test["accuracy"], test["uar"], test["macro_f1"])
+        logging.info("test (%s, step %d): accuracy %.4f UAR %.4f macro-F1 %.4f",
+                     "best validation checkpoint" if use_best else "final parameters", test["checkpoint_step"],
+                     test["accuracy"], test["uar"], test["macro_f1"])
         with open(os.path.join(workdir, "test_metrics.json"), "w") as f:
           json.dump(test, f, indent=1)
   finally:

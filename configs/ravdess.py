@@ -90,6 +90,9 @@ def get_config(arg=None):
   config.data.train_split = "train"
   config.data.eval_split = "validation"
   config.data.test_split = "test"
+  # Train on the validation split too (the 4 validation actors: 20 training actors, test actors unseen).
+  # Nothing is then evaluated per epoch and the final parameters are tested (no best-validation pick).
+  config.data.train_on_validation = False
   config.data.num_examples = 0  # 'synthetic' only: clips per split (0 = its default)
   # 'audio_folder' only: MFCC normalisation (avtca_jax.audio_data.NORMALIZATIONS): 'none' (raw, as the
   # original), 'train' (per-coefficient mean/std of the train actors), 'clip', 'speaker' (transductive).

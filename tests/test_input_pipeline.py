@@ -82,6 +82,32 @@ def test_evaluation_is_ordered_padded_and_complete(dataset_dir):
   assert input_pipeline.num_batches(str(dataset_dir), "fold1_test", batch_size=12, train=False) == 3
 
 
+def test_train_on_validation_reads_both_protocol_splits(dataset_dir):
+  """'fold1_train+fold1_validation' is every clip of the 20 actors once; the tfds source uses it for
+  config.data.train_on_validation and leaves the validation split empty."""
+  d = str(dataset_dir)
+  joined = list(input_pipeline.create_dataset(d, "fold1_train+fold1_validation", batch_size=16, train=False)
+                .as_numpy_iterator())
+  parts = [list(input_pipeline.create_dataset(d, f"fold1_{s}", batch_size=16, train=False).as_numpy_iterator())
+           for s in ("train", "validation")]
+  assert sorted(_fingerprints(joined)) == sorted(_fingerprints(parts[0]) + _fingerprints(parts[1]))
+  assert len(_fingerprints(joined)) == 160
+  actors = {int(a) for b in joined for a, ok in zip(b["actor"], b["mask"]) if ok}
+  assert actors == set(splits_lib.fold_actors("fold1")["train"]) | set(splits_lib.fold_actors("fold1")["validation"])
+
+  import configs.ravdess
+  from avtca_jax.tfds_source import TfdsSource
+  config = configs.ravdess.get_config()
+  config.data.name, config.data.builder_config = d, ""
+  plain = TfdsSource(config)
+  assert (plain.num_examples("train"), plain.num_examples("validation")) == (128, 32)
+  config.data.train_on_validation = True
+  merged = TfdsSource(config)
+  assert (merged.num_examples("train"), merged.num_examples("validation"), merged.num_examples("test")) == (160, 0, 32)
+  epoch = list(merged.train_batches(0, 0, 16, seed=0))
+  assert len(epoch) == 10 and sorted(_fingerprints(epoch)) == sorted(_fingerprints(joined))
+
+
 def test_per_host_sharding_two_processes(dataset_dir):
   d = str(dataset_dir)
   hosts = [list(input_pipeline.create_dataset(d, "fold1_test", batch_size=10, train=False, process_index=i,

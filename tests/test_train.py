@@ -116,6 +116,19 @@ def test_smoke_full_model_two_devices_loss_decreases(tmp_path, compile_cache):
   assert int(state["step"]) == 8 and "visual_backbone" in state["params"]
 
 
+def test_train_on_validation_trains_on_both_splits_and_tests_the_final_parameters(tmp_path, compile_cache):
+  """config.data.train_on_validation: one epoch is (train + validation) / batch steps, nothing is selected
+  on validation, and the test metrics are those of the final parameters."""
+  workdir = tmp_path / "tov"
+  train(workdir, "--config.model=audio", "--config.data.source=synthetic", "--config.data.num_examples=64",
+        "--config.data.train_on_validation=True", "--config.num_train_steps=0", "--config.num_epochs=1",
+        "--config.batch_size=8", cache=compile_cache)
+  assert int(final_state(workdir)["step"]) == 10  # (64 + 16) / 8; without the validation clips: 8
+  assert not [r for r in log(workdir) if "validation/accuracy" in r]
+  test = json.loads((workdir / "test_metrics.json").read_text())
+  assert test["checkpoint_step"] == 10 and 0.0 <= test["accuracy"] <= 1.0
+
+
 # ---- Data parallelism ------------------------------------------------------------------------------------
 
 DP = AUDIO + ["--config.num_train_steps=6", "--config.batch_size=8", "--config.batch_norm=global",
