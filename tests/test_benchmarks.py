@@ -78,6 +78,17 @@ def test_audio_step_benchmark_reports_both_frameworks():
   assert "JAX speed-up" in audio_step.markdown(result)
 
 
+def test_audio_step_benchmark_vmapped_members():
+  """--members=K: K models per JAX step (jax.vmap); per-model time and clips/s count all K models."""
+  from benchmarks import audio_step
+  result = audio_step.measure(batch_size=2, steps=2, repeats=1, num_eval=4, frameworks=("jax",), members=3)
+  r = result["jax"]
+  assert result["members"] == 3 and "speedup" not in result
+  assert r["step_ms_per_model"] == pytest.approx(r["step_ms"] / 3)
+  assert r["clips_per_s"] == pytest.approx(2 * 2 * 3 / r["steps_s"])
+  assert "3 model(s) per JAX step" in audio_step.markdown(result)
+
+
 def test_accuracy_suite_av_protocols_say_how_to_run_them(tmp_path):
   """Without the ravdess tfds dataset an AV protocol is a 'not run' row naming the dataset, the build command
   and the command that would produce its number; a finished protocol shows its test accuracy."""
