@@ -389,17 +389,14 @@ def test_init_checkpoint_overlays_converted_variables(tmp_path):
     train_lib.train_and_evaluate(config, str(tmp_path / "w2"))
 
 
-def test_tfds_source_restores_the_data_position():
+def test_tfds_source_restores_the_data_position(tmp_path):
   """The tfds source's epoch e, skipping k batches, continues exactly where an unbroken epoch e would be."""
   pytest.importorskip("tensorflow_datasets")
+  from ravdess_test_data import build_generated  # tests/ is on sys.path (pytest rootdir import)
   from avtca_jax import data_sources
   config = _config("default")
-  try:
-    source = data_sources.create_source(config) if _generated_dataset_prepared() else None
-  except data_sources.DataError as error:
-    pytest.skip(str(error))
-  if source is None:
-    pytest.skip("tfds ravdess/generated not built (the default training command builds it)")
+  config.data.name, config.data.builder_config = str(build_generated(tmp_path).data_path), ""
+  source = data_sources.create_source(config)
   assert source.num_examples("train") > 0 and source.frame_shape()[0] == 15
   unbroken = [b for _, b in zip(range(4), source.train_batches(1, 0, 8, seed=0))]
   resumed = [b for _, b in zip(range(2), source.train_batches(1, 2, 8, seed=0))]
@@ -410,7 +407,3 @@ def test_tfds_source_restores_the_data_position():
   assert not np.array_equal(unbroken[0]["mfcc"], other_epoch["mfcc"])
   batches = list(source.eval_batches("validation", 24))
   assert sum(int(b["mask"].sum()) for b in batches) == source.num_examples("validation")
-
-
-def _generated_dataset_prepared():
-  return (Path(os.path.expanduser("~/tensorflow_datasets")) / "ravdess" / "generated").is_dir()
