@@ -477,11 +477,16 @@ def summary_table(results) -> str:
   return "\n".join(rows).replace("| nan |", "| - |")
 
 
-def parse_value(text: str):
+def _parse_value(text: str):
   try:
     return json.loads(text)
   except json.JSONDecodeError:
     return text
+
+
+def parse_overrides(items) -> Dict[str, Any]:
+  """`--set KEY=VALUE` items as recipe overrides; values are JSON where they parse ('0.1', '[7,10]', 'true')."""
+  return {key: _parse_value(value) for key, value in (item.split("=", 1) for item in items)}
 
 
 def main(argv=None):
@@ -499,8 +504,7 @@ def main(argv=None):
   parser.add_argument("--verbose", action="store_true")
   args = parser.parse_args(argv)
 
-  overrides = dict(item.split("=", 1) for item in args.set)
-  config = make_config(args.recipe, **{k: parse_value(v) for k, v in overrides.items()})
+  config = make_config(args.recipe, **parse_overrides(args.set))
   seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [config["seed"]]
   folds = [int(f) for f in args.folds.split(",") if f]
   out = Path(args.out)

@@ -139,9 +139,8 @@ def main(argv=None):
   parser.add_argument("--audio_dir", default=None)
   parser.add_argument("--json", default="")
   args = parser.parse_args(argv)
-  overrides = {key: audio_recipe.parse_value(value) for key, value in (item.split("=", 1) for item in args.set)}
   result = measure([int(k) for k in args.folds.split(",")], epochs=args.epochs, seed=args.seed,
-                   recipe=args.recipe, overrides=overrides, audio_dir=args.audio_dir)
+                   recipe=args.recipe, overrides=audio_recipe.parse_overrides(args.set), audio_dir=args.audio_dir)
   print(markdown(result))
   if args.json:
     with open(args.json, "w") as f:
