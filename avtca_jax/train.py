@@ -36,8 +36,9 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
-from avtca_jax import augment, checkpointing, data_sources, metric_writers, metrics as metrics_lib, splits
-from avtca_jax.models import avtca, efficientface
+from avtca_jax import (augment, checkpointing, compilation_cache, data_sources, metric_writers,
+                       metrics as metrics_lib, splits)
+from avtca_jax.models import avtca, efficientface, layers
 
 Array = jax.Array
 
@@ -81,7 +82,8 @@ def validate_config(config) -> None:
   choices = {"model": ("avtca", "audio"), "fusion": avtca.FUSIONS, "dtype": ("float32", "bfloat16"),
              "batch_norm": ("per_device", "global"), "optimizer": ("sgd", "adam", "adamw"),
              "schedule": ("multistep", "cosine", "constant"), "channel_order": ("rgb", "bgr"),
-             "modality_dropout": ("softhard", "noise", "none")}
+             "modality_dropout": ("softhard", "noise", "none"),
+             "matmul_precision": ("highest", "high", "default", "float32", "tensorfloat32", "bfloat16")}
   for key, allowed in choices.items():
     if config[key] not in allowed:
       raise ConfigError(f"config.{key}={config[key]!r}: expected one of {allowed}")
@@ -123,11 +125,20 @@ class TrainState:
   rng: Array  # raw uint32 key data of the run's base key: checkpointable as a plain array
 
 
-def create_model(config):
+def mesh_platform(mesh) -> str:
+  """The backend a mesh's devices belong to ('cpu', 'gpu', 'tpu'); for an ahead-of-time compile this is the
+  target's, not this machine's."""
+  return mesh.devices.flat[0].platform
+
+
+def create_model(config, platform: Optional[str] = None):
+  """The configured model. Backend-dependent choices ('auto' depthwise-conv form) are made for `platform`
+  (default: this machine's default backend)."""
   return avtca.create_model(
       config.model, num_classes=config.num_classes, fusion=config.fusion, num_heads=config.num_heads,
       num_frames=config.num_frames, image_size=config.image_size, dtype=jnp.dtype(config.dtype),
-      conv_impl=config.conv_impl, remat=config.remat, bn_axis_name="data" if config.batch_norm == "global" else None)
+      conv_impl=layers.resolve_conv_impl(config.conv_impl, platform), remat=config.remat,
+      bn_axis_name="data" if config.batch_norm == "global" else None)
 
 
 def create_learning_rate_fn(config, steps_per_epoch: int) -> optax.Schedule:
@@ -222,6 +233,36 @@ def create_train_state(config, model, tx, mesh, abstract: bool = False) -> Train
 # ---- Step functions ------------------------------------------------------------------------------------
 
 
+def with_matmul_precision(step_fn, config):
+  """`step_fn` traced under `config.matmul_precision` (jax's default_matmul_precision: 'highest', 'high',
+  'default', ...), which then applies to every matrix product and convolution of the step on every backend.
+
+  'highest' (the default) keeps float32 products float32: TPUs otherwise round float32 matmul inputs to
+  bfloat16 (one MXU pass) and recent NVIDIA GPUs to TF32 (10-bit mantissa), which breaks the parity
+  tolerances with the PyTorch original. bfloat16 compute (`config.dtype`) is unaffected: its inputs are
+  bfloat16 already. 'default' lets each backend take its fast path; see docs/accelerators.md.
+  """
+
+  @functools.wraps(step_fn)
+  def wrapped(*args):
+    with jax.default_matmul_precision(config.matmul_precision):
+      return step_fn(*args)
+
+  return wrapped
+
+
+def abstract_batch(config, batch_size: int, mesh, stored_image_size: Optional[int] = None):
+  """Shapes and shardings of one global training batch as `to_devices` places it (uint8 RGB crops of the
+  stored size, which the step resizes to `config.image_size`): for ahead-of-time compilation."""
+  sharding = NamedSharding(mesh, P("data"))
+  size = stored_image_size or config.image_size
+  shapes = {"mfcc": ((batch_size,) + avtca.MFCC_SHAPE, jnp.float32), "label": ((batch_size,), jnp.int32),
+            "mask": ((batch_size,), jnp.bool_)}
+  if config.model != "audio":
+    shapes["frames"] = ((batch_size, config.num_frames, size, size, 3), jnp.uint8)
+  return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for k, (shape, dtype) in shapes.items()}
+
+
 def make_train_step(config, model, tx, mesh):
   """state, global batch -> state, summed metrics. shard_map gives pmap semantics inside one jit."""
 
@@ -261,8 +302,9 @@ def make_train_step(config, model, tx, mesh):
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
     return new_state, step_metrics
 
-  sharded = jax.shard_map(train_step, mesh=mesh, in_specs=(P(), P("data")), out_specs=(P(), P()))
-  options = efficientface.remat_compiler_options() if config.remat else {}
+  sharded = jax.shard_map(with_matmul_precision(train_step, config), mesh=mesh, in_specs=(P(), P("data")),
+                          out_specs=(P(), P()))
+  options = efficientface.remat_compiler_options(mesh_platform(mesh)) if config.remat else {}
   return jax.jit(sharded, donate_argnums=(0,), compiler_options=options or None)
 
 
@@ -292,7 +334,8 @@ def make_predict_step(config, model, mesh):
     logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, mfcc, frames, train=False)
     return logits, labels, batch["mask"]
 
-  sharded = jax.shard_map(predict_step, mesh=mesh, in_specs=(P(), P("data"), P()), out_specs=P("data"))
+  sharded = jax.shard_map(with_matmul_precision(predict_step, config), mesh=mesh,
+                          in_specs=(P(), P("data"), P()), out_specs=P("data"))
   return jax.jit(sharded)
 
 
@@ -361,6 +404,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   """Runs (or resumes) training in `workdir`; returns the final validation / test metrics."""
   # Setup: everything that can fail on a bad input fails here, before any compilation.
   validate_config(config)
+  compilation_cache.enable(config.compilation_cache_dir)
   workdir = os.path.abspath(workdir)
   checkpointing.check_workdir(workdir, config)
   is_main = jax.process_index() == 0
@@ -395,7 +439,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   has_eval = source.num_examples(config.data.eval_split) > 0
 
   # Model and optimizer.
-  model = create_model(config)
+  model = create_model(config, mesh_platform(mesh))
   learning_rate_fn = create_learning_rate_fn(config, steps_per_epoch)
   tx = create_optimizer(config, learning_rate_fn)
   checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)

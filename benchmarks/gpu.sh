@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
-# Step-time suite on one GPU: Flax vs PyTorch, batch 8, 32 and the largest JAX batch that fits, f32 and bf16.
-# Needs only jax[cuda], flax, optax, numpy and torch (no TensorFlow): batches are device-resident synthetic
-# inputs. Writes $OUT/gpu_step.json (or ./gpu_step.json) and prints the markdown table; paste the table into
-# benchmarks/RESULTS.md with the date and device.
-#   bash benchmarks/gpu.sh
+# One GPU, one prepared script, under 10 minutes: the ahead-of-time estimate for this GPU (memory, largest
+# batch, roofline clips/s of the trainer's bare step) and the step suite against the PyTorch original at
+# batch 8, 32 and that largest batch, float32 and bfloat16, then both side by side.
+#   bash benchmarks/gpu.sh            (writes $OUT or ./ : aot_local_<dtype>.json, gpu_step_<dtype>.json, gpu.md)
+# Needs jax with CUDA, flax, optax, orbax, ml_collections, numpy and torch; no TensorFlow (device-resident
+# synthetic batches). On a machine without ml_collections, carry its wheel (docs/accelerators.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-.}"
+mkdir -p "$out"
 python -c "import jax, flax, optax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)"
-python -m benchmarks.run --suite=step --batch_sizes=8,32 --dtypes=float32,bfloat16 --conv_impl=grouped \
-  --repeats=10 --warmup=3 --find_largest --no_append --workdir=/tmp/avtca_bench --out="$out/gpu_step.json"
+for dtype in float32 bfloat16; do
+  # Largest per-device batch of the bare step from XLA's memory plan of real compiles (no out-of-memory runs).
+  timeout 240 python -m benchmarks.aot --target=local --bare --dtype="$dtype" --batch_per_device=32 \
+    --find_largest --max_compiles=2 --skip_eval_step --out="$out/aot_local_$dtype.json" || true
+  largest=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['largest']['batch_per_device'])" \
+            "$out/aot_local_$dtype.json" 2>/dev/null || echo 64)
+  timeout 300 python -m benchmarks.run --suite=step --batch_sizes="8,32,$largest" --dtypes="$dtype" \
+    --conv_impl=grouped --repeats=10 --warmup=3 --no_append --workdir=/tmp/avtca_bench \
+    --out="$out/gpu_step_$dtype.json" || true
+done
+python -m benchmarks.side_by_side "$out"/gpu_step_*.json "$out"/aot_local_*.json | tee "$out/gpu.md"

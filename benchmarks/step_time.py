@@ -26,9 +26,6 @@ import time
 
 from benchmarks import processes
 
-SGD = dict(lr=0.06, momentum=0.9, dampening=0.9, weight_decay=1e-3)
-
-
 def _summary(times):
   return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "times_s": times}
 
@@ -37,41 +34,41 @@ def _peak_rss_mb():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def trainer_config(batch_size, dtype, fusion, conv_impl, image_size=224, remat=False):
+  """The trainer's config for a bare step comparable to the PyTorch original's: configs/ravdess.py:fold1
+  (SGD as the original) without modality dropout or flip/rotate, one device."""
+  from configs import ravdess
+  config = ravdess.get_config("fold1")
+  config.batch_size = config.eval_batch_size = batch_size
+  config.dtype, config.fusion, config.conv_impl = dtype, fusion, conv_impl
+  config.image_size, config.remat = image_size, remat
+  config.modality_dropout, config.flip_rotate = "none", False
+  return config
+
+
 def run_jax(batch_size, dtype, fusion, repeats, warmup, conv_impl, eval_repeats, image_size=224, remat=False):
+  """Times the trainer's own train step (`train.make_train_step`: forward, backward, the original's SGD,
+  batch-norm statistics, metrics) and eval step on one device, on device-resident synthetic inputs."""
   import jax
-  import jax.numpy as jnp
   import numpy as np
   import optax
 
-  from avtca_jax.models.avtca import AVTCA, init_variables
-  from avtca_jax.models.efficientface import remat_compiler_options
+  from avtca_jax import compilation_cache, train
 
-  compute_dtype = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
-  model = AVTCA(fusion=fusion, dtype=compute_dtype, conv_impl=conv_impl, image_size=image_size, remat=remat)
-  variables = init_variables(model, jax.random.PRNGKey(0))
-  tx = optax.chain(optax.add_decayed_weights(SGD["weight_decay"]), optax.scale(1 - SGD["dampening"]),
-                   optax.trace(SGD["momentum"]), optax.scale(-SGD["lr"]))
-  state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
+  cache_dir = compilation_cache.enable()  # $AVTCA_COMPILATION_CACHE=none measures cold compiles
+  config = trainer_config(batch_size, dtype, fusion, conv_impl, image_size, remat)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  platform = train.mesh_platform(mesh)
+  model = train.create_model(config, platform)
+  tx = train.create_optimizer(config, train.create_learning_rate_fn(config, 100))
+  state = train.create_train_state(config, model, tx, mesh)
   rng = np.random.default_rng(0)
-  mfcc = jax.device_put(rng.normal(-20, 60, (batch_size, 156, 10)).astype(np.float32))
-  frames = jax.device_put(rng.uniform(0, 1, (batch_size, 15, image_size, image_size, 3)).astype(np.float32))
-  labels = jax.device_put(rng.integers(0, 8, batch_size).astype(np.int32))
-
-  def train_step(state, mfcc, frames, labels):
-    params, batch_stats, opt_state = state
-
-    def loss_fn(params):
-      logits, new_state = model.apply({"params": params, "batch_stats": batch_stats}, mfcc, frames, train=True,
-                                      mutable=["batch_stats"])
-      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), new_state["batch_stats"]
-
-    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), new_stats, opt_state), loss
-
-  options = remat_compiler_options() if remat else {}
-  step = jax.jit(train_step, donate_argnums=0, compiler_options=options or None)
-  lowered = step.lower(state, mfcc, frames, labels)
+  batch = train.to_devices({"mfcc": rng.normal(-20, 60, (batch_size, 156, 10)).astype(np.float32),
+                            "frames": rng.integers(0, 256, (batch_size, 15, image_size, image_size, 3), np.uint8),
+                            "label": rng.integers(0, 8, batch_size).astype(np.int32),
+                            "mask": np.ones(batch_size, bool)}, mesh)
+  step = train.make_train_step(config, model, tx, mesh)
+  lowered = step.lower(state, batch)
   start = time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
@@ -83,22 +80,23 @@ def run_jax(batch_size, dtype, fusion, repeats, warmup, conv_impl, eval_repeats,
   bytes_accessed = float(cost.get("bytes accessed", float("nan"))) if cost else float("nan")
 
   for _ in range(warmup):
-    state, loss = compiled(state, mfcc, frames, labels)
+    state, step_metrics = compiled(state, batch)
   jax.block_until_ready(state)
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    state, loss = compiled(state, mfcc, frames, labels)
-    jax.block_until_ready(loss)
+    state, step_metrics = compiled(state, batch)
+    jax.block_until_ready(step_metrics)
     times.append(time.perf_counter() - start)
+  loss = step_metrics["loss_sum"] / step_metrics["count"]
 
-  forward = jax.jit(lambda v, a, f: model.apply(v, a, f, train=False))
-  eval_vars = {"params": state[0], "batch_stats": state[1]}
-  jax.block_until_ready(forward(eval_vars, mfcc, frames))
+  predict = train.make_predict_step(config, model, mesh)
+  weights = jax.device_put(train.removal_weights(None), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  jax.block_until_ready(predict(state, batch, weights))
   eval_times = []
   for _ in range(eval_repeats):
     start = time.perf_counter()
-    jax.block_until_ready(forward(eval_vars, mfcc, frames))
+    jax.block_until_ready(predict(state, batch, weights))
     eval_times.append(time.perf_counter() - start)
 
   device = jax.devices()[0]
@@ -126,8 +124,10 @@ def run_jax(batch_size, dtype, fusion, repeats, warmup, conv_impl, eval_repeats,
       "final_loss": float(loss),
       "peak_rss_mb": _peak_rss_mb(),
       "peak_device_mb": (stats or {}).get("peak_bytes_in_use", 0) / 2**20 if stats else None,
-      "conv_impl": conv_impl,
+      "conv_impl": train.layers.resolve_conv_impl(conv_impl, platform),
       "remat": remat,
+      "matmul_precision": config.matmul_precision,
+      "compilation_cache": cache_dir,
       "xla_temp_mb": temp_mb,
   }
 
@@ -143,8 +143,9 @@ def run_torch(batch_size, dtype, fusion, repeats, warmup, threads, eval_repeats,
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
   torch.manual_seed(0)
   model = MultiModalCNN(fusion=fusion).to(device)
-  optimizer = torch.optim.SGD(model.parameters(), lr=SGD["lr"], momentum=SGD["momentum"],
-                              dampening=SGD["dampening"], weight_decay=SGD["weight_decay"])
+  sgd = trainer_config(batch_size, dtype, fusion, "auto", image_size)  # the same optimizer settings as JAX's
+  optimizer = torch.optim.SGD(model.parameters(), lr=sgd.learning_rate, momentum=sgd.momentum,
+                              dampening=sgd.dampening, weight_decay=sgd.weight_decay)
   rng = np.random.default_rng(0)
   x_audio = torch.from_numpy(rng.normal(-20, 60, (batch_size, 10, 156)).astype(np.float32)).to(device)
   x_visual = torch.from_numpy(rng.uniform(0, 1, (batch_size * 15, 3, image_size, image_size)).astype(np.float32)).to(device)

@@ -74,6 +74,9 @@ def get_config(arg=None):
   # Recompute EfficientFace's activations in the backward pass instead of keeping them (jax.checkpoint per
   # block): less memory for more compute, same parameters and results. For batches that do not fit otherwise.
   config.remat = False
+  # Precision of float32 matrix products and convolutions (jax default_matmul_precision): 'highest' keeps
+  # them float32 on every backend (no TPU bfloat16 pass, no GPU TF32), as the parity tests need.
+  config.matmul_precision = "highest"
   config.channel_order = "rgb"  # 'bgr' reproduces the original's input contract (and its checkpoints)
   # Batch-norm statistics over each device's batch ('per_device': pmap semantics; with 8 clips per device
   # it is the original single-GPU batch) or over the global batch ('global': one all-reduce per BN layer,
@@ -129,6 +132,9 @@ def get_config(arg=None):
   config.checkpoint_every_steps = 0  # 0: at the end of every epoch
   config.keep_checkpoints = 2
   config.eval_batch_size = 0  # 0: same as batch_size
+  # JAX's persistent compilation cache ('' = $AVTCA_COMPILATION_CACHE or ~/.cache/avtca_jax/jax; 'none'
+  # switches it off): a rerun, the next fold or seed loads the compiled steps instead of compiling them.
+  config.compilation_cache_dir = ""
   config.progress_bar = True  # only when stderr is a terminal
   config.evaluate_test = True  # test split of the best-validation checkpoint at the end
 

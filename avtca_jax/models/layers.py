@@ -36,10 +36,14 @@ def torch_uniform_init(fan_in: int) -> Callable:
   return init
 
 
-def resolve_conv_impl(impl: str) -> str:
-  """'auto' picks the depthwise-conv form per backend: shifted slices on CPU, grouped conv elsewhere."""
+def resolve_conv_impl(impl: str, platform: Optional[str] = None) -> str:
+  """'auto' picks the depthwise-conv form per backend: shifted slices on CPU, grouped conv elsewhere.
+
+  `platform` is the backend the program is compiled for ('cpu', 'gpu'/'cuda', 'tpu'); it defaults to the
+  default backend, but an ahead-of-time compile for another target must name it (benchmarks/aot.py).
+  """
   if impl == "auto":
-    return "slices" if jax.default_backend() == "cpu" else "grouped"
+    return "slices" if (platform or jax.default_backend()) == "cpu" else "grouped"
   if impl not in ("slices", "grouped"):
     raise ValueError(f"depthwise conv impl must be 'auto', 'slices' or 'grouped', got {impl!r}")
   return impl

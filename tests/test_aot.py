@@ -1,0 +1,90 @@
+"""Ahead-of-time compilation of the trainer's step for accelerator targets (benchmarks/aot.py).
+
+The TPU test compiles through libtpu's deviceless topology on this CPU machine: a small configuration (32 px
+crops) of the real train step for a 16-chip, 4-host v5e slice. CI installs requirements-tpu.txt and sets
+AVTCA_REQUIRE_TPU_COMPILER=1, so there the test fails rather than skips when libtpu is missing.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import aot, hardware
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _require_libtpu():
+  if importlib.util.find_spec("libtpu") is None:
+    if os.environ.get("AVTCA_REQUIRE_TPU_COMPILER"):
+      pytest.fail("libtpu is not installed but AVTCA_REQUIRE_TPU_COMPILER is set: "
+                  "pip install -r requirements-tpu.txt")
+    pytest.skip("libtpu not installed (pip install -r requirements-tpu.txt); CI installs it")
+
+
+def test_targets_are_consistent():
+  for target in aot.TARGETS.values():
+    assert target.chip in hardware.CHIPS
+    assert target.num_devices % target.num_hosts == 0
+    if target.platform == "cuda":
+      assert target.topology == f"1x{target.num_hosts}x{target.num_devices // target.num_hosts}"
+      assert hardware.CHIPS[target.chip].gpu is not None
+
+
+def test_chip_lookup_by_device_kind():
+  assert hardware.chip_for_device_kind("TPU v5 lite").name == "TPU v5e"
+  assert hardware.chip_for_device_kind("TPU v5").name == "TPU v5p"
+  assert hardware.chip_for_device_kind("NVIDIA H100 80GB HBM3").name.startswith("NVIDIA H100")
+  assert hardware.chip_for_device_kind("cpu") is None
+
+
+def test_hlo_facts_reads_partitions_parameters_and_all_reduces():
+  hlo = ("HloModule jit_step, num_partitions=4\n\n%add {\n}\n\nENTRY %main.1 {\n"
+         "  %p0 = f32[3]{0} parameter(0)\n  %p1 = u8[2,15,32,32,3]{4,3,2,1,0} parameter(1)\n"
+         "  %ar = f32[3]{0} all-reduce(%p0), replica_groups=[1,4]<=[4], to_apply=%add\n}\n")
+  facts = aot.hlo_facts(hlo)
+  assert facts == {"num_partitions": 4, "entry_parameters": ["f32[3]", "u8[2,15,32,32,3]"], "all_reduce_ops": 1}
+
+
+def test_estimate_is_the_slower_of_compute_and_memory():
+  chip = hardware.CHIPS["tpu-v5e"]
+  out = aot.estimate({"flops": 8 * 197e9, "bytes_accessed": 8 * 0.1e9}, 8, chip, "bfloat16")
+  assert out["flops_per_clip"] == pytest.approx(197e9)
+  assert out["roofline_clips_per_s"] == pytest.approx(1000.0)  # 197 GFLOP at 197 TFLOP/s: 1 ms
+  assert out["bound"] == "compute"
+  memory_bound = aot.estimate({"flops": 1e9, "bytes_accessed": 819e9}, 1, chip, "bfloat16")
+  assert memory_bound["bound"] == "memory" and memory_bound["roofline_clips_per_s"] == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_train_step_compiles_for_a_multi_host_tpu_slice(tmp_path):
+  """The trainer's own train step, 32 px crops, 2 clips per chip, for v5e 4x4 (16 chips on 4 hosts)."""
+  _require_libtpu()
+  out = tmp_path / "v5e-16.json"
+  cmd = [sys.executable, "-m", "benchmarks.aot", "--target=v5e-16", "--image_size=32", "--batch_per_device=2",
+         "--dtype=bfloat16", f"--out={out}", "--compilation_cache=none"]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads(out.read_text())
+  step = report["at_batch"]
+  # The data axis spans every chip of every host: one SPMD program partitioned 16 ways, gradients all-reduced.
+  assert report["devices"] == 16 and report["hosts"] == 4
+  assert step["num_partitions"] == 16
+  assert step["all_reduce_ops"] >= 1
+  # The per-chip batch is the config's: the compiled program's frames parameter holds 2 clips of 15 frames.
+  frames = [p for p in step["entry_parameters"] if p.startswith("u8[")]
+  assert frames == ["u8[2,15,32,32,3]"], step["entry_parameters"]
+  assert step["batch_per_device"] == 2
+  # Memory is reported, and the state (about 2M float32 parameters, plus momentum) is among the arguments.
+  memory = step["memory"]
+  assert memory["temp"] > 0 and memory["argument"] > 2 * 2_000_000 * 4
+  assert memory["total"] >= memory["temp"] and step["fits"]
+  # The eval step compiles for the same mesh, with the same per-chip batch.
+  assert report["eval"]["num_partitions"] == 16 and report["eval"]["memory"]["total"] > 0
+  assert [p for p in report["eval"]["entry_parameters"] if p.startswith("u8[")] == ["u8[2,15,32,32,3]"]
+  assert report["conv_impl"] == "grouped"  # backend choice made for the TPU, not for this CPU
+  assert report["estimate"]["flops_per_clip"] > 0 and report["cost_source"] == "tpu"
