@@ -4,7 +4,15 @@ With the CUDA build of torch installed here, importing torchvision after tensorf
 see ../shared/conventions.md). pytest imports every test module before running any, so one module that
 imports tensorflow at the top (tfds, tf.data) would crash a later one that uses facenet-pytorch's MTCNN.
 Importing torchvision first, here, makes the order safe for the whole session.
+
+Real-data configs (configs/ravdess.py:audio_only) read AVTCA_RAVDESS_DIR; tests default it to
+../shared/data/ravdess beside the repository (subprocesses inherit it).
 """
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("AVTCA_RAVDESS_DIR", str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ravdess"))
 
 try:
   import torch  # noqa: F401
