@@ -19,3 +19,15 @@ try:
   import torchvision  # noqa: F401
 except ImportError:  # the tests that need them skip or fail on their own
   pass
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def small_avtca_workdir(tmp_path_factory):
+  """An untrained 32 px AVT-CA run on generated data (step-0 checkpoint), shared by the predict, export and
+  bad-input tests: they need the real path from a clip to probabilities, not a good model."""
+  from test_evaluate import _config, write_untrained_workdir
+  config = _config(**{"data.source": "synthetic", "data.num_examples": 16, "image_size": 32})
+  return write_untrained_workdir(tmp_path_factory.mktemp("small_avtca"), config)
