@@ -242,6 +242,10 @@ def load(path: str) -> LoadedModel:
   """Any checkpoint kind of the module docstring; CheckpointError/FileNotFoundError name the path."""
   path = os.fspath(path)
   p = epath.Path(path)
+  workdir = p.parent.parent  # WORKDIR/checkpoints/STEP or WORKDIR/best/STEP
+  in_workdir = p.parent.name in ("checkpoints", "best") and (workdir / "config.json").exists()
+  if in_workdir and not (p / "conversion.json").exists():  # a step, present or not (the error lists the steps)
+    return _load_workdir(path, os.path.abspath(os.fspath(workdir)), os.path.abspath(path))
   if not p.exists():
     raise FileNotFoundError(f"{path}: no such checkpoint (expected a training workdir, a checkpoint step, a "
                             "converted checkpoint folder or a PyTorch .pth file)")
@@ -254,9 +258,6 @@ def load(path: str) -> LoadedModel:
     return _load_converted(path)
   if (p / "config.json").exists():
     return _load_workdir(path, os.path.abspath(path), default_checkpoint(path))
-  workdir = p.parent.parent  # WORKDIR/checkpoints/STEP or WORKDIR/best/STEP
-  if p.parent.name in ("checkpoints", "best") and (workdir / "config.json").exists():
-    return _load_workdir(path, os.path.abspath(os.fspath(workdir)), os.path.abspath(path))
   raise CheckpointError(f"{path} is neither a training workdir (no config.json), a checkpoint step inside "
                         "one (WORKDIR/checkpoints/STEP), a converted checkpoint (no conversion.json) nor a "
                         "PyTorch .pth file")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import traceback
 import warnings
@@ -47,7 +48,10 @@ def configure_logging(verbose: bool = False) -> None:
   """Quiet libraries (default) or everything (`verbose`). Safe to call more than once."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "3")
   from absl import logging as absl_logging
-  handlers = [absl_logging.get_absl_handler(), logging.lastResort, *logging.getLogger().handlers]
+  # The handlers present now, and the 'absl' logger itself, which catches absl-logged library records even
+  # when a library adds its own handler later (tfds calls logging.basicConfig).
+  handlers = [absl_logging.get_absl_handler(), logging.lastResort, *logging.getLogger().handlers,
+              logging.getLogger("absl")]
   for handler in handlers:
     if handler is None:
       continue
@@ -83,6 +87,23 @@ def user_error_line(error: BaseException, verbose: bool = False) -> str:
   return f"error: {first}" + (" (details: rerun with --verbose)" if rest.strip() else "")
 
 
+def check_writable_folder(path: str, what: str = "--workdir") -> None:
+  """Write and delete a probe file in `path`, or, when it does not exist yet, in its nearest existing parent
+  (nothing is created): a read-only or unwritable location fails here, in one line, instead of inside a
+  checkpoint save after compilation. Local paths and gs:// alike."""
+  from etils import epath
+  folder = epath.Path(path)
+  while not folder.exists() and folder.parent != folder:
+    folder = folder.parent
+  try:
+    probe = folder / f".avtca_write_test_{os.getpid()}"
+    probe.write_text("")
+    probe.unlink()
+  except OSError as error:
+    raise PermissionError(f"{what} {path} is not writable ({error.strerror or type(error).__name__} in "
+                          f"{folder}): choose a folder you can write to, or fix its permissions") from error
+
+
 def exit_on_user_error(error: BaseException, verbose: bool = False) -> None:
   """Exit 1 with the one-line message for a user error; re-raise anything else (a bug keeps its traceback)."""
   if not is_user_error(error):
@@ -108,10 +129,13 @@ def parse_flags(argv):
       lines = [line.strip() for line in str(error).splitlines() if line.strip()]
       message = lines[0] if len(lines) == 1 else f"{lines[0].split(': ')[0]}: {lines[-1]}"
     elif isinstance(error, (AttributeError, KeyError)):  # an override of a key the config does not have
-      key = str(error).strip("\"' ")
-      flag = next((a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and key.split("'")[0] in a),
-                  key)
-      message = f"{flag}: unknown config key ({key}); configs/ravdess.py lists every key"
+      text = str(error)
+      key = (re.findall(r"'([A-Za-z0-9_]+)", text) or ["?"])[0]
+      close = re.findall(r'Did you mean "([^"]+)"', text)
+      flag = next((a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and
+                   a.split("=")[0].endswith("." + key)), f"--config.{key}")
+      message = (f"{flag}: unknown config key '{key}'" + (f" (did you mean {close[0]}?)" if close else "") +
+                 "; configs/ravdess.py lists every key")
     else:
       raise
     print(f"error: {message} (--helpshort lists the flags)", file=sys.stderr)

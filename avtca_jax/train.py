@@ -555,6 +555,7 @@ def main(argv):
   try:
     config = FLAGS.config
     initialize_distributed(config)
+    console.check_writable_folder(FLAGS.workdir)
     train_and_evaluate(config, FLAGS.workdir)
   except NonFiniteLossError as error:
     sys.exit(f"error: {error}")

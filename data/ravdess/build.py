@@ -31,9 +31,12 @@ def main(argv=None):
                                          tfds.core.visibility.DatasetType.COMMUNITY_PUBLIC])
     args = simple_parsing.parse(build.Args, args=argv)
     args.execute()
-  except AssertionError as error:  # tfds asserts on bad arguments (a missing manual_dir, for one)
-    console.exit_on_user_error(ValueError(str(error) or "tfds build refused the arguments"), verbose)
   except Exception as error:  # a user error is one line; a bug keeps its traceback
+    if isinstance(error, AssertionError):  # tfds asserts on bad arguments (a missing manual_dir, for one)
+      error = ValueError(str(error) or "tfds build refused the arguments")
+    if "Manual directory" in str(error) and not verbose:  # tfds's own text points at download instructions
+      error = ValueError(f"{str(error).split('. ')[0]}: give --manual_dir the folder of the official RAVDESS "
+                         "zips unpacked into Actor_XX/ folders (docs/data.md)")
     console.exit_on_user_error(error, verbose)
 
 
