@@ -160,8 +160,9 @@ NORMALIZATIONS = ("train", "clip", "speaker", "none")
 def normalize_clips(mfcc: np.ndarray, mode: str, stats: Optional[Dict] = None) -> np.ndarray:
   """(..., 156, 10) MFCCs normalised by a mode that needs no other clips: 'train' with the given
   statistics ({'mean', 'std'} per coefficient), 'clip' (each clip over its own frames), 'none'.
-  Training (`normalize_mfcc`) and `predict` both go through here."""
-  x = np.asarray(mfcc, np.float64)
+  Training (`normalize_mfcc`) and `predict` both go through here; a jax array (inside `jit` or an
+  export) is normalised with the same operations in its own dtype."""
+  x = mfcc if hasattr(mfcc, "aval") else np.asarray(mfcc, np.float64)
   if mode == "train":
     x = (x - np.asarray(stats["mean"])) / np.asarray(stats["std"])
   elif mode == "clip":

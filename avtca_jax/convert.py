@@ -271,8 +271,8 @@ def convert_avtca(checkpoint: Mapping[str, Any], fusion: str = "it", num_classes
   found = detect_fusion(state)
   if found is not None and found != fusion:
     fusion_keys = [k for k in state if re.match(r"(av1|va1|av|va)\.", k)]
-    raise ConversionError(f"checkpoint is fusion '{found}' but model is '{fusion}'; its fusion keys are:\n" +
-                          _format_keys(fusion_keys))
+    raise ConversionError(f"checkpoint is fusion '{found}', not '{fusion}': convert it with fusion '{found}' "
+                          f"(--fusion {found}); its fusion keys are:\n" + _format_keys(fusion_keys))
   ignored = IGNORED_ALWAYS + IGNORED_AVTCA + IGNORED_BY_FUSION[fusion]
   return _convert(state, _target_shapes("avtca", fusion, num_classes), _avtca_module, ignored, "avtca", fusion)
 
@@ -322,16 +322,30 @@ def merge_variables(into: Mapping, partial: Mapping) -> dict:
 
 
 def load_torch_checkpoint(path: str, allow_pickle: bool = False):
-  """torch.load on CPU; `weights_only` unless `allow_pickle` (only for files you trust)."""
+  """torch.load on CPU; `weights_only` unless `allow_pickle` (only for files you trust).
+
+  Raises ConversionError naming the file: a truncated or corrupt file says so (rerunning with
+  --allow-pickle would fail the same way); only a readable file that holds more than tensors and plain
+  containers suggests --allow-pickle."""
+  import pickle
   import torch  # only needed to read .pth files
 
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: no such checkpoint file")
+  if os.path.getsize(path) == 0:
+    raise ConversionError(f"{path}: zero-length file: copy the checkpoint again")
   try:
     return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-  except Exception as error:  # torch raises UnpicklingError subclasses that vary by version
-    if allow_pickle:
-      raise
-    raise ConversionError(f"{path}: torch.load(weights_only=True) failed ({error}). If you trust the file, "
-                          "rerun with --allow-pickle.") from error
+  except pickle.UnpicklingError as error:  # readable, but holds objects beyond tensors and containers
+    if allow_pickle or "weights only load failed" not in str(error).lower():
+      raise ConversionError(f"{path}: cannot be read as a PyTorch checkpoint ({str(error).splitlines()[0]}): "
+                            "the file is corrupt or not a checkpoint") from error
+    raise ConversionError(f"{path}: holds Python objects besides tensors, which torch.load(weights_only=True) "
+                          "refuses. If you trust the file, rerun with --allow-pickle.") from error
+  except Exception as error:  # torch raises RuntimeError for a truncated zip, EOFError for a cut pickle
+    first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    raise ConversionError(f"{path}: cannot be read, truncated or corrupt ({first[:120]}): copy or download the "
+                          "checkpoint again") from error
 
 
 def save_checkpoint(directory: str, variables: Mapping, report: ConversionReport, source: str = "") -> str:
@@ -370,17 +384,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--output", required=True, help="orbax checkpoint directory to create")
   parser.add_argument("--allow-pickle", action="store_true",
                       help="torch.load(weights_only=False): only for checkpoints you trust")
+  parser.add_argument("--print-keys", action="store_true", help="list every mapped and ignored key")
+  parser.add_argument("--verbose", action="store_true", help="library log messages and full error tracebacks")
   args = parser.parse_args(argv)
-  if os.path.exists(args.output):
-    parser.error(f"--output {args.output} already exists; choose a new directory")
-
-  checkpoint = load_torch_checkpoint(args.checkpoint, args.allow_pickle)
-  if args.kind == "avtca":
-    variables, report = convert_avtca(checkpoint, args.fusion, args.num_classes)
-  else:
-    variables, report = convert_efficientface(checkpoint)
-  print(report.summary())
-  directory = save_checkpoint(args.output, variables, report, source=os.path.abspath(args.checkpoint))
+  from avtca_jax import console
+  console.configure_logging(args.verbose)
+  try:
+    if os.path.exists(args.output):
+      raise FileExistsError(f"--output {args.output} already exists; choose a new directory")
+    checkpoint = load_torch_checkpoint(args.checkpoint, args.allow_pickle)
+    try:
+      if args.kind == "avtca":
+        variables, report = convert_avtca(checkpoint, args.fusion, args.num_classes)
+      else:
+        variables, report = convert_efficientface(checkpoint)
+    except ConversionError as error:
+      raise ConversionError(f"{args.checkpoint}: {error}") from error
+    directory = save_checkpoint(args.output, variables, report, source=os.path.abspath(args.checkpoint))
+  except Exception as error:  # a user error is one line; a bug keeps its traceback
+    console.exit_on_user_error(error, args.verbose)
+  print(report.summary() if args.print_keys or args.verbose else report.summary().splitlines()[0])
   print(f"wrote {directory}")
   return 0
 

@@ -22,6 +22,7 @@ from absl import app, flags, logging
 import numpy as np
 from ml_collections import config_flags
 
+from avtca_jax import console
 from avtca_jax import evaluate as evaluate_lib
 from avtca_jax import train as train_lib
 
@@ -87,19 +88,23 @@ def define_flags():
   flags.DEFINE_list("remove", ["audio_zeros", "video_zeros"], "Stream removals evaluated on each fold's test split.")
   config_flags.DEFINE_config_file("config", None, "Training config (configs/ravdess.py:foldK or :audio_only).",
                                   lock_config=True)
+  flags.DEFINE_bool("verbose", False, "Library log messages and full error tracebacks.")
 
 
 
 def main(argv):
   del argv
+  console.configure_logging(FLAGS.verbose)
   try:
     report = run(FLAGS.config, FLAGS.workdir, [int(k) for k in FLAGS.folds], [r for r in FLAGS.remove if r])
-  except (train_lib.ConfigError, ValueError, FileNotFoundError) as error:
+  except train_lib.NonFiniteLossError as error:
     sys.exit(f"error: {error}")
+  except Exception as error:  # a user error is one line; a bug keeps its traceback
+    console.exit_on_user_error(error, FLAGS.verbose)
   print(markdown(report["per_fold"], report["summary"]))
 
 
 if __name__ == "__main__":
   define_flags()
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

@@ -130,10 +130,14 @@ def _synthetic_source(config, process_index, process_count):
 def _audio_folder_source(config, process_index, process_count):
   from avtca_jax import audio_data
 
+  if not config.data.path:
+    raise DataError("config.data.path is empty: set AVTCA_RAVDESS_DIR to the folder that holds "
+                    "audio_speech_22k/ (the RAVDESS speech audio as Actor_XX/*.flac or .wav), or pass "
+                    "--config.data.path=<that audio folder>")
   path = os.path.abspath(config.data.path)
-  if not config.data.path or not os.path.isdir(path):
-    raise DataError(f"audio folder {path!r} does not exist: set --config.data.path to the RAVDESS speech "
-                    "audio (for example ../shared/data/ravdess/audio_speech_22k)")
+  if not os.path.isdir(path):
+    raise DataError(f"audio folder {path!r} does not exist: set --config.data.path (or AVTCA_RAVDESS_DIR) to "
+                    "the RAVDESS speech audio")
   try:
     data = audio_data.load_ravdess_audio(path)
   except ValueError as error:

@@ -4,8 +4,12 @@ streams and with the audio or the video stream removed.
     python -m avtca_jax.evaluate --workdir=DIR                  # best-validation checkpoint, test split
     python -m avtca_jax.evaluate --workdir=DIR --checkpoint=DIR/checkpoints/640 --split=validation
     python -m avtca_jax.evaluate --workdir=DIR --remove=audio_zeros,video_zeros,audio_noise,video_noise
+    python -m avtca_jax.evaluate --checkpoint=model.pth --config=configs/ravdess.py:fold1 --output_dir=OUT
 
-The run's config comes from DIR/config.json (written by the trainer). Removing a stream follows the
+The run's config comes from DIR/config.json (written by the trainer). `--checkpoint` takes every kind of
+avtca_jax.checkpoint_kinds: a step of the workdir, a converted checkpoint or the original's PyTorch .pth
+(converted on the fly, strictly); those last two carry no dataset settings, so `--config` names the
+dataset and split protocol (its data block is used; the model is the checkpoint's). Removing a stream follows the
 original's single-modality evaluation (spec 6): 'zeros' replaces it by zeros (what softhard-trained models
 saw), 'noise' by N(0, 1) (what noise-trained models saw). Writes to DIR/eval/ (or --output_dir):
 <split>_<mode>.json, <split>_<mode>_report.txt, <split>_<mode>_confusion.png, and <split>_summary.json.
@@ -21,64 +25,62 @@ from typing import Dict, Optional, Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags, logging
+from ml_collections import config_flags
 import jax
 import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from avtca_jax import checkpointing, data_sources, metrics as metrics_lib
+from avtca_jax import checkpoint_kinds, console, data_sources, metrics as metrics_lib
 from avtca_jax import train as train_lib
+from avtca_jax.checkpoint_kinds import default_checkpoint, load_config  # noqa: F401  (public here too)
 
 REMOVALS = ("audio_zeros", "video_zeros", "audio_noise", "video_noise")  # train_lib.removal_weights
 
 
-def load_config(workdir: str, overrides: Optional[Dict] = None) -> ml_collections.ConfigDict:
-  """The run's config: its variant's defaults updated with the stored config.json (so types stay right)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
-  with open(path) as f:
-    stored = json.load(f)
-  config = train_lib.default_config(stored.get("variant", "default"))
-  config.update_from_flattened_dict(_flatten(stored))
-  for key, value in (overrides or {}).items():
-    config.update_from_flattened_dict({key: value})
-  return config
-
-
-def _flatten(tree, prefix=""):
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      out[prefix + key] = tuple(value) if isinstance(value, list) else value
-  return out
-
-
 def load_state(checkpoint_dir: str, mesh) -> train_lib.TrainState:
   """Params and batch statistics of a checkpoint, replicated on the mesh (optimizer state not loaded)."""
-  restored = checkpointing.restore_numpy(checkpoint_dir)
-  state = train_lib.TrainState(step=np.asarray(restored["step"]), params=restored["params"],
-                               batch_stats=restored.get("batch_stats", {}), opt_state=None, rng=None)
+  restored = checkpoint_kinds.restore_variables(checkpoint_dir)
+  return _replicated_state(restored, restored["step"], mesh)
+
+
+def _replicated_state(variables, step, mesh) -> train_lib.TrainState:
+  state = train_lib.TrainState(step=np.asarray(step or 0), params=variables["params"],
+                               batch_stats=variables.get("batch_stats", {}), opt_state=None, rng=None)
   return jax.device_put(state, NamedSharding(mesh, P()))
 
 
-def default_checkpoint(workdir: str) -> str:
-  """The best-validation checkpoint when there is one, else the latest."""
-  try:
-    return checkpointing.checkpoint_dir(workdir, best=True)
-  except FileNotFoundError:
-    return checkpointing.checkpoint_dir(workdir)
+def _model_and_config(workdir, checkpoint, overrides, data_config):
+  """(LoadedModel, config): the checkpoint's model with the data settings of `data_config` (when given),
+  else of the run that wrote it."""
+  loaded = checkpoint_kinds.load(checkpoint or workdir)
+  if workdir is not None and loaded.kind == "workdir" and os.path.abspath(loaded.workdir) != os.path.abspath(workdir):
+    raise ValueError(f"--checkpoint {checkpoint} belongs to {loaded.workdir}, not to --workdir {workdir}")
+  config = loaded.config.copy_and_resolve_references()
+  if data_config is not None:
+    config.data = data_config.data.copy_and_resolve_references()
+  elif loaded.kind != "workdir":
+    raise ValueError(f"{checkpoint} is a {loaded.kind} checkpoint without dataset settings: give "
+                     "--config=configs/ravdess.py:foldK (its data block names the dataset and the split protocol)")
+  for key, value in (overrides or {}).items():
+    config.update_from_flattened_dict({key: value})
+  return loaded, config
 
 
-def evaluate(workdir: str, checkpoint: Optional[str] = None, split: str = "test",
+def evaluate(workdir: Optional[str] = None, checkpoint: Optional[str] = None, split: str = "test",
              removals: Sequence[str] = ("audio_zeros", "video_zeros"), output_dir: Optional[str] = None,
-             overrides: Optional[Dict] = None) -> Dict[str, Dict]:
-  """{mode: metrics} for mode in ('both', *removals); writes the files listed in the module docstring."""
-  workdir = os.path.abspath(workdir)
-  config = load_config(workdir, overrides)
-  checkpoint = checkpoint or default_checkpoint(workdir)
+             overrides: Optional[Dict] = None, data_config=None) -> Dict[str, Dict]:
+  """{mode: metrics} for mode in ('both', *removals); writes the files listed in the module docstring.
+
+  `checkpoint` (any checkpoint kind) defaults to the workdir's best, else latest; `data_config` (a config
+  whose data block is used) is needed for a converted or PyTorch checkpoint."""
+  if workdir is None and checkpoint is None:
+    raise ValueError("give --workdir (a training run) or --checkpoint (any checkpoint kind)")
+  loaded, config = _model_and_config(workdir, checkpoint, overrides, data_config)
+  workdir = loaded.workdir
+  checkpoint = loaded.checkpoint
+  if output_dir is None and workdir is None:
+    raise ValueError(f"{checkpoint} is not inside a training workdir: give --output_dir for the results")
   output_dir = output_dir or os.path.join(workdir, "eval")
   if config.model == "audio":
     removals = []  # an audio model has no second stream to fall back on
@@ -94,7 +96,7 @@ def evaluate(workdir: str, checkpoint: Optional[str] = None, split: str = "test"
   if source.num_examples(split_key) == 0:
     raise ValueError(f"the {split!r} split of protocol {config.data.protocol} is empty in this dataset")
   model = train_lib.create_model(config)
-  state = load_state(checkpoint, mesh)
+  state = _replicated_state(loaded.variables, loaded.step, mesh)
   step = int(np.asarray(state.step))
 
   results = {}
@@ -141,7 +143,11 @@ FLAGS = flags.FLAGS
 def define_flags():
   """Command-line flags (defined only when run as a program, so the module can be imported anywhere)."""
   flags.DEFINE_string("workdir", None, "Training workdir (holds config.json and checkpoints).")
-  flags.DEFINE_string("checkpoint", None, "A checkpoint step directory (default: the best, else the latest).")
+  flags.DEFINE_string("checkpoint", None, "A checkpoint step directory (default: the best, else the latest), a "
+                      "converted checkpoint or a PyTorch .pth (these two need --config).")
+  config_flags.DEFINE_config_file("config", None, "Dataset settings (configs/ravdess.py:foldK) for a converted "
+                                  "or PyTorch checkpoint; its data block is used.", lock_config=False)
+  flags.DEFINE_bool("verbose", False, "Library log messages and full error tracebacks.")
   flags.DEFINE_string("split", "test", "train, validation or test (of the run's protocol).")
   flags.DEFINE_list("remove", ["audio_zeros", "video_zeros"], f"Streams to remove, from {REMOVALS}; '' for none.")
   flags.DEFINE_string("output_dir", None, "Default: WORKDIR/eval.")
@@ -151,21 +157,21 @@ def define_flags():
 
 def main(argv):
   del argv
+  console.configure_logging(FLAGS.verbose)
   overrides = {"data.data_dir": FLAGS.data_dir} if FLAGS.data_dir else None
   try:
     results = evaluate(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, [r for r in FLAGS.remove if r],
-                       FLAGS.output_dir, overrides)
-  except (FileNotFoundError, ValueError) as error:
-    sys.exit(f"error: {error}")
+                       FLAGS.output_dir, overrides, FLAGS.config)
+  except Exception as error:  # a user error is one line; a bug keeps its traceback
+    console.exit_on_user_error(error, FLAGS.verbose)
   first = next(iter(results.values()))
   print(f"{FLAGS.split} split, checkpoint {first['checkpoint']} (step {first['step']})")
   print(format_results(results))
   print()
   print(metrics_lib.report(np.asarray(results["both"]["confusion_matrix"])))
-  print(f"\nwritten to {FLAGS.output_dir or os.path.join(os.path.abspath(FLAGS.workdir), 'eval')}")
+  print(f"\nwritten to {FLAGS.output_dir or os.path.join(os.path.dirname(os.path.dirname(first['checkpoint'])), 'eval')}")
 
 
 if __name__ == "__main__":
   define_flags()
-  flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

@@ -44,7 +44,7 @@ except RuntimeError:  # already initialised by the caller; they own that choice
 import jax  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
-from avtca_jax import augment  # noqa: E402
+from avtca_jax import augment, bundled  # noqa: E402
 
 BATCH_KEYS = ("mfcc", "frames", "label", "actor", "mask")
 
@@ -55,7 +55,7 @@ def get_builder(builder_name_or_dir: str = "ravdess", *, data_dir: Optional[str]
   path = os.path.expanduser(str(builder_name_or_dir))
   if os.path.isfile(os.path.join(path, "dataset_info.json")):
     return tfds.builder_from_directory(path)
-  import data.ravdess  # noqa: F401  (registers 'ravdess')
+  bundled.ravdess_builder()  # registers 'ravdess'
   builder = tfds.builder(builder_name_or_dir, data_dir=data_dir, config=config_name)
   if not builder.is_prepared():
     raise FileNotFoundError(
@@ -67,7 +67,7 @@ def get_builder(builder_name_or_dir: str = "ravdess", *, data_dir: Optional[str]
 
 def _resolve(builder, split: str) -> str:
   """A protocol split, or several joined by '+' ('fold1_train+fold1_validation'), as stored splits."""
-  from data.ravdess import resolve_split
+  resolve_split = bundled.ravdess_builder().resolve_split
   available = list(builder.info.splits.keys())
   return "+".join(resolve_split(part, available) for part in split.split("+"))
 
@@ -94,7 +94,7 @@ def dataset_info(builder_name_or_dir: str = "ravdess", *, data_dir: Optional[str
                  config_name: Optional[str] = None) -> Dict:
   """{'num_examples': {split: n} for every stored and protocol split, 'image_size', 'num_frames',
   'num_classes', 'class_names', 'frame_encoding', 'config'}."""
-  from data.ravdess import protocol_split_names
+  protocol_split_names = bundled.ravdess_builder().protocol_split_names
   builder = get_builder(builder_name_or_dir, data_dir=data_dir, config_name=config_name)
   stored = {name: info.num_examples for name, info in builder.info.splits.items()}
   counts = dict(stored)

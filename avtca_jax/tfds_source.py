@@ -37,7 +37,8 @@ class TfdsSource:
   def _build_generated(self):
     """The generated dataset needs no download: build it on first use (about a minute)."""
     import tensorflow_datasets as tfds
-    import data.ravdess  # noqa: F401  (registers the builder)
+    from avtca_jax import bundled
+    bundled.ravdess_builder()  # registers the builder
     from absl import logging
     logging.info("building the generated dataset %s/generated (first run only)", self.config.data.name)
     builder = tfds.builder(self.config.data.name, data_dir=self.kwargs["data_dir"],

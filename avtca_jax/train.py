@@ -36,7 +36,7 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
-from avtca_jax import (augment, checkpointing, compilation_cache, data_sources, metric_writers,
+from avtca_jax import (augment, checkpointing, compilation_cache, console, data_sources, metric_writers,
                        metrics as metrics_lib, splits)
 from avtca_jax.models import avtca, efficientface, layers
 
@@ -55,8 +55,8 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def default_config(variant: str = "default") -> ml_collections.ConfigDict:
-  from configs import ravdess
-  return ravdess.get_config(variant)
+  from avtca_jax import bundled  # configs/ravdess.py, from a checkout or an installed wheel
+  return bundled.ravdess_config().get_config(variant)
 
 
 def _flat_keys(config, prefix=""):
@@ -590,27 +590,24 @@ def define_flags():
   flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics; rerun with it to resume.")
   config_flags.DEFINE_config_file("config", None, "Training config (configs/ravdess.py[:variant]).",
                                   lock_config=True)
-
-
-class _QuietLibraries:
-  """Drops the per-operation INFO lines of orbax (a dozen per checkpoint) from the log."""
-
-  def filter(self, record):
-    return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+  flags.DEFINE_bool("verbose", False, "Library log messages (orbax, absl, jax, tfds) and full error tracebacks.")
 
 
 def main(argv):
   del argv
-  logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
-  config = FLAGS.config
-  initialize_distributed(config)
+  console.configure_logging(FLAGS.verbose)  # libraries' log lines (orbax: hundreds per run) only with --verbose
   try:
+    config = FLAGS.config
+    initialize_distributed(config)
+    console.check_writable_folder(FLAGS.workdir)
     train_and_evaluate(config, FLAGS.workdir)
-  except (ConfigError, data_sources.DataError, checkpointing.CheckpointMismatchError, NonFiniteLossError) as error:
+  except NonFiniteLossError as error:
     sys.exit(f"error: {error}")
+  except Exception as error:  # a user error (config, data, workdir) is one line; a bug keeps its traceback
+    console.exit_on_user_error(error, FLAGS.verbose)
 
 
 if __name__ == "__main__":
   define_flags()
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

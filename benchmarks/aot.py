@@ -169,8 +169,8 @@ def step_config(variant: str, batch_per_device: int, num_devices: int, dtype: st
                 fusion: Optional[str] = None, image_size: Optional[int] = None, num_frames: Optional[int] = None,
                 modality_dropout: Optional[str] = None):
   """configs/ravdess.py:`variant` with the AOT overrides; the global batch covers every device."""
-  from configs import ravdess
-  config = ravdess.get_config(variant)
+  from avtca_jax import train
+  config = train.default_config(variant)
   config.batch_size = batch_per_device * num_devices
   config.eval_batch_size = config.batch_size
   config.dtype = dtype

@@ -37,8 +37,8 @@ def _peak_rss_mb():
 def trainer_config(batch_size, dtype, fusion, conv_impl, image_size=224, remat=False):
   """The trainer's config for a bare step comparable to the PyTorch original's: configs/ravdess.py:fold1
   (SGD as the original) without modality dropout or flip/rotate, one device."""
-  from configs import ravdess
-  config = ravdess.get_config("fold1")
+  from avtca_jax import train
+  config = train.default_config("fold1")
   config.batch_size = config.eval_batch_size = batch_size
   config.dtype, config.fusion, config.conv_impl = dtype, fusion, conv_impl
   config.image_size, config.remat = image_size, remat

@@ -30,8 +30,8 @@ paper_split: the paper's stated recipe (Adam lr 0.01, wd 1e-3, batch 8, 128 epoc
   from it are only comparable to the paper's 96%, not to actor-independent results.
     python -m avtca_jax.train --config=configs/ravdess.py:paper_split --workdir=/tmp/avtca_paper
   Expected: high (leaky) accuracy, far above the actor-independent folds.
-audio_only: the audio branch alone on the 1440 real speech files (../shared/data/ravdess/audio_speech_22k)
-  held in memory, actor fold 1 (`--config.data.protocol=foldK` for the others), with the recipe of
+audio_only: the audio branch alone on the 1440 real speech files ($AVTCA_RAVDESS_DIR/audio_speech_22k, where
+  AVTCA_RAVDESS_DIR is the folder holding audio_speech_22k/: ../shared/data/ravdess here) held in memory, actor fold 1 (`--config.data.protocol=foldK` for the others), with the recipe of
   `python -m avtca_jax.audio_recipe` (standardised MFCCs, the original's SGD, 24 epochs, x0.1 after 14/19/22).
     python -m avtca_jax.train --config=configs/ravdess.py:audio_only --workdir=/tmp/avtca_audio
   Expected: fold 1 60-70% test accuracy depending on the seed (measured: 60.8% in 46 s, best validation
@@ -49,7 +49,14 @@ tpu: fold1 at full size for an 8-chip TPU/GPU host: bfloat16 compute, global bat
 Variants combine with overrides: `--config=configs/ravdess.py:fold2 --config.batch_size=16`.
 """
 
+import os
+
 import ml_collections
+
+# The folder that holds the RAVDESS speech audio as audio_speech_22k/Actor_XX/*.flac (../shared/data/ravdess on
+# the development machine). Read when the config is built; unset, data.path stays empty and the data
+# source's error says what to set.
+RAVDESS_DIR_VARIABLE = "AVTCA_RAVDESS_DIR"
 
 VARIANTS = ("default", "smoke", "fold1", "fold2", "fold3", "fold4", "fold5", "original", "paper_split",
             "audio_only", "tpu")
@@ -188,7 +195,7 @@ def get_config(arg=None):
     # ---- audio-only block: avtca_jax.audio_recipe.AUDIO_RECIPE in the trainer (docs/audio_only.md). ----
     config.model = "audio"
     config.data.source = "audio_folder"
-    config.data.path = "../shared/data/ravdess/audio_speech_22k"
+    config.data.path = ravdess_path("audio_speech_22k")
     config.data.protocol = "fold1"
     config.data.normalize = "train"  # per-coefficient mean/std of the train actors' MFCCs
     config.flip_rotate = False
@@ -204,3 +211,9 @@ def get_config(arg=None):
     config.log_every_steps = 60
     # ---- end of the audio-only block ----
   return config
+
+
+def ravdess_path(folder: str) -> str:
+  """`$AVTCA_RAVDESS_DIR/<folder>`, or '' when the variable is unset."""
+  root = os.environ.get(RAVDESS_DIR_VARIABLE, "")
+  return os.path.join(root, folder) if root else ""

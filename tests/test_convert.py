@@ -165,7 +165,7 @@ def test_wrong_shape_is_listed():
 @pytest.mark.parametrize("saved,model", [("ia", "it"), ("it", "lt"), ("lt", "ia")])
 def test_wrong_fusion_variant_is_named(saved, model):
   message = _error(_state(saved), fusion=model)
-  assert f"checkpoint is fusion '{saved}' but model is '{model}'" in message
+  assert f"checkpoint is fusion '{saved}', not '{model}': convert it with fusion '{saved}' (--fusion {saved})" in message
   fusion_key = {"it": "av1.attn.q.weight", "ia": "av1.q.weight", "lt": "av.attn.q.weight"}[saved]
   assert fusion_key in message
 
@@ -198,7 +198,8 @@ def test_cli_round_trip(tmp_path, capsys):
   torch.save({"epoch": 7, "arch": "multimodalcnn", "best_prec1": 61.5,
               "state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
   output = tmp_path / "converted"
-  assert convert.main(["--checkpoint", str(path), "--kind", "avtca", "--fusion", "ia", "--output", str(output)]) == 0
+  assert convert.main(["--checkpoint", str(path), "--kind", "avtca", "--fusion", "ia", "--output", str(output),
+                       "--print-keys"]) == 0
   printed = capsys.readouterr().out
   assert "mapped  av1.q.weight -> params/av1/q/kernel" in printed
   assert "ignored finalAttention.in_proj_weight" in printed

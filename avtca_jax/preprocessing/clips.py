@@ -2,8 +2,8 @@
 
 Workers are spawned processes that import torch, OpenCV and librosa but never tensorflow (the tfds builder
 reads the .npz files in its own process). Results are cached per clip as `<out_dir>/<stem>.npz`, written
-atomically, so a run that is interrupted continues where it stopped; a cached file made with other settings
-is recomputed.
+atomically, so a run that is interrupted continues where it stopped; a cached file made with other settings,
+or from an input file that changed since (size or mtime), is recomputed.
 """
 
 from __future__ import annotations
@@ -22,16 +22,37 @@ import numpy as np
 from avtca_jax.preprocessing import audio as audio_lib
 from avtca_jax.preprocessing import faces as faces_lib
 from avtca_jax.preprocessing.config import PreprocessConfig
-from avtca_jax.preprocessing.names import ClipPair, Problem, find_clips, parse_name
+from avtca_jax.preprocessing.names import VIDEO_EXTENSIONS, ClipPair, find_clips, parse_name
 
 REPORT_NAME = "report.json"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: source_json (input size and mtime) in every cache file
 DURATION_TOLERANCE_SECONDS = 0.25
+
+
+def clip_features(video_path: str | os.PathLike, audio_path: str | os.PathLike | None = None,
+                  config: PreprocessConfig = PreprocessConfig()) -> dict[str, Any]:
+  """Face crops and MFCC of any video, whatever its file name (prediction on a user's own clip).
+
+  `audio_path` None uses the video's own soundtrack. Returns face_crops (15, 224, 224, 3) uint8 RGB,
+  mfcc (156, 10) float32 and the inspection fields listed in `process_clip`. Raises (naming the file)
+  FileNotFoundError, audio.AudioError (no soundtrack, zero-length or corrupt audio), faces.VideoError,
+  faces.NoFaceError.
+  """
+  video_path = Path(video_path)
+  source = Path(audio_path) if audio_path is not None else video_path
+  mfcc, window_start, audio_seconds = audio_lib.audio_features(source, config.sample_rate, config.clip_seconds)
+  crops = faces_lib.extract_faces(video_path, window_start, config)
+  return dict(
+      face_crops=crops.face_crops, mfcc=mfcc, filled_frames=crops.filled_frames,
+      audio_source=str(audio_path) if audio_path is not None else "soundtrack",
+      frame_indices=crops.frame_indices, face_found=crops.face_found, boxes=crops.boxes,
+      frames_past_end=crops.frames_past_end, window_start_seconds=window_start, audio_seconds=audio_seconds,
+      video_seconds=crops.video_frames / crops.fps, fps=crops.fps, video_frames=crops.video_frames)
 
 
 def process_clip(video_path: str | os.PathLike, audio_path: str | os.PathLike | None = None,
                  config: PreprocessConfig = PreprocessConfig()) -> dict[str, Any]:
-  """Face crops and MFCC of one clip.
+  """Face crops, MFCC and labels of one RAVDESS clip (the dataset's records).
 
   `audio_path` is the take's audio-only (03) file; None uses the video's own soundtrack. Returns
     face_crops (15, 224, 224, 3) uint8 RGB   (the original stored BGR: use
@@ -49,21 +70,13 @@ def process_clip(video_path: str | os.PathLike, audio_path: str | os.PathLike | 
   name = parse_name(video_path)
   if name.modality == 3:
     raise ValueError(f"{video_path}: modality 03 is audio-only, not a video")
-  source = Path(audio_path) if audio_path is not None else video_path
   if audio_path is None and name.modality == 2:
     raise ValueError(f"{video_path}: a video-only (02) clip has no soundtrack: give the audio file of its take "
                      f"({name.audio_stem}.wav)")
-  mfcc, window_start, audio_seconds = audio_lib.audio_features(source, config.sample_rate, config.clip_seconds)
-  crops = faces_lib.extract_faces(video_path, window_start, config)
-  return dict(
-      face_crops=crops.face_crops, mfcc=mfcc, label=name.label, actor=name.actor, modality=name.modality,
-      stem=name.stem, filled_frames=crops.filled_frames,
-      emotion=name.emotion, intensity=name.intensity, statement=name.statement, repetition=name.repetition,
-      vocal_channel=name.vocal_channel, take_key=name.take_key,
-      audio_source=str(audio_path) if audio_path is not None else "soundtrack",
-      frame_indices=crops.frame_indices, face_found=crops.face_found, boxes=crops.boxes,
-      frames_past_end=crops.frames_past_end, window_start_seconds=window_start, audio_seconds=audio_seconds,
-      video_seconds=crops.video_frames / crops.fps, fps=crops.fps, video_frames=crops.video_frames)
+  features = clip_features(video_path, audio_path, config)
+  return dict(features, label=name.label, actor=name.actor, modality=name.modality, stem=name.stem,
+              emotion=name.emotion, intensity=name.intensity, statement=name.statement,
+              repetition=name.repetition, vocal_channel=name.vocal_channel, take_key=name.take_key)
 
 
 # ---------------------------------------------------------------------------------------------------- cache
@@ -72,19 +85,33 @@ def cache_path(out_dir: str | os.PathLike, stem: str) -> Path:
   return Path(out_dir) / f"{stem}.npz"
 
 
-def save_clip(path: str | os.PathLike, clip: dict[str, Any], config: PreprocessConfig) -> None:
+def source_fingerprint(video: str | os.PathLike, audio: str | os.PathLike | None) -> str:
+  """Size and modification time (ns) of the clip's inputs, symlinks followed, as canonical JSON.
+
+  The cache is keyed on it, not on the file name alone: a video or audio file replaced by another (a
+  truncated copy, a re-encode) under the same name is processed again. Cheap (two stat calls) where a
+  content hash would read 2-3 MB per clip.
+  """
+  def stat(path):
+    info = Path(path).stat()
+    return [info.st_size, info.st_mtime_ns]
+  return json.dumps({"video": stat(video), "audio": None if audio is None else stat(audio)})
+
+
+def save_clip(path: str | os.PathLike, clip: dict[str, Any], config: PreprocessConfig, source: str = "") -> None:
   """Write atomically (temp file + rename), so an interrupted run never leaves a half-written cache file."""
   path = Path(path)
   tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
   arrays = {k: np.asarray(v) for k, v in clip.items()}
   arrays["config_json"] = np.asarray(config.to_json())
+  arrays["source_json"] = np.asarray(source)
   arrays["format_version"] = np.asarray(_FORMAT_VERSION)
   np.savez(tmp, **arrays)
   os.replace(tmp, path)
 
 
 def load_clip(path: str | os.PathLike) -> dict[str, Any]:
-  """A cached clip as process_clip returned it (scalars as Python values), plus config_json."""
+  """A cached clip as process_clip returned it (scalars as Python values), plus config_json and source_json."""
   with np.load(path, allow_pickle=False) as z:
     out = {}
     for k in z.files:
@@ -93,34 +120,38 @@ def load_clip(path: str | os.PathLike) -> dict[str, Any]:
   return out
 
 
-def _cached_ok(path: Path, config: PreprocessConfig) -> bool:
+def _cached_ok(path: Path, config: PreprocessConfig, source: str) -> bool:
+  """The cache file exists, was made with these settings from inputs of the same size and mtime."""
   if not path.is_file():
     return False
   try:
     with np.load(path, allow_pickle=False) as z:
-      return (str(z["config_json"]) == config.to_json() and int(z["format_version"]) == _FORMAT_VERSION
+      return (int(z["format_version"]) == _FORMAT_VERSION and str(z["config_json"]) == config.to_json()
+              and str(z["source_json"]) == source
               and z["face_crops"].shape == (config.num_frames, config.crop_size, config.crop_size, 3))
-  except Exception:  # unreadable (e.g. disk full during an older run): recompute
+  except Exception:  # unreadable, or written by an older version without source_json: recompute
     return False
 
 
 # ---------------------------------------------------------------------------------------------------- workers
 
-def _init_worker(threads: int) -> None:
+def _init_worker() -> None:
+  """One torch and OpenCV thread per worker process: with one worker per core, more threads only contend
+  (measured 3-4x slower per clip under load with 2 threads per worker on 2 cores)."""
   import cv2
   import torch
-  torch.set_num_threads(threads)
-  cv2.setNumThreads(threads)
+  torch.set_num_threads(1)
+  cv2.setNumThreads(1)
 
 
-def _run_one(task: tuple[str, str | None, str, str]) -> dict[str, Any]:
+def _run_one(task: tuple[str, str | None, str, str, str]) -> dict[str, Any]:
   """Process one clip and write its cache file. Never raises: problems come back as data."""
-  video, audio, out_dir, config_json = task
+  video, audio, out_dir, config_json, source = task
   config = PreprocessConfig.from_json(config_json)
   start = time.perf_counter()
   try:
     clip = process_clip(video, audio, config)
-    save_clip(cache_path(out_dir, clip["stem"]), clip, config)
+    save_clip(cache_path(out_dir, clip["stem"]), clip, config, source)
     return dict(video=video, audio=audio, status="written", stem=clip["stem"],
                 filled_frames=int(clip["filled_frames"]), frames_past_end=int(clip["frames_past_end"]),
                 audio_seconds=float(clip["audio_seconds"]), video_seconds=float(clip["video_seconds"]),
@@ -133,29 +164,52 @@ def _run_one(task: tuple[str, str | None, str, str]) -> dict[str, Any]:
                 tensorflow_loaded="tensorflow" in sys.modules)
 
 
+def _is_video(path: str) -> bool:
+  return path.lower().endswith(VIDEO_EXTENSIONS)
+
+
 def preprocess_directory(root: str | os.PathLike, out_dir: str | os.PathLike, workers: int = 1,
                          config: PreprocessConfig = PreprocessConfig(), *, modalities: Sequence[int] = (1, 2),
-                         soundtrack_fallback: bool = True, progress: bool = True,
-                         limit: int | None = None) -> dict[str, Any]:
+                         soundtrack_fallback: bool = True, progress: bool = True, limit: int | None = None,
+                         audio_root: str | os.PathLike | None = None) -> dict[str, Any]:
   """Preprocess every clip under `root` into `<out_dir>/<stem>.npz`; returns the report (also report.json).
 
   `root` is a RAVDESS folder: the official zips unpacked into Actor_XX/ folders (mp4 and wav side by side),
-  or the shared test layout. Clips whose cache file exists with the same settings are not recomputed.
-  `workers` spawned processes share the CPU cores (torch threads = cores // workers); 0 runs in this process.
-  Bad inputs never stop the run; each is in report['skipped'] as {'path', 'reason'}.
+  or the shared test layout; `audio_root` a separate folder with the audio files (searched as well).
+  Symlinked files and folders are followed. Clips whose cache file exists with the same settings and the
+  same input files (size and mtime) are not recomputed. `workers` spawned processes with one torch thread
+  each; 0 runs in this process. Bad inputs never stop the run; each is in report['skipped'] as
+  {'path', 'reason'}.
+
+  The report describes the output folder for this input, whatever earlier runs did: every video found is
+  either written by this run, cached from an earlier one, or skipped
+  (clips_found == clips_written + clips_cached + clips_skipped); audio files that cannot be used are listed
+  apart in 'ignored_files'. 'runs' keeps one line per run into this folder (report.json is rewritten, the
+  history is carried over).
   """
   started = time.time()
   out_dir = Path(out_dir)
+  # Everything that can fail on a bad argument fails before the output folder is created.
+  pairs, problems = find_clips(root, soundtrack_fallback=soundtrack_fallback, modalities=modalities,
+                               audio_root=audio_root)
+  if out_dir.exists() and not out_dir.is_dir():
+    raise NotADirectoryError(f"{out_dir}: --output exists and is not a folder; choose a folder")
+  if limit is not None:
+    pairs = pairs[:limit]
+  skipped = [dict(path=p.path, reason=p.reason) for p in problems if _is_video(p.path)]
+  ignored = [dict(path=p.path, reason=p.reason) for p in problems if not _is_video(p.path)]
+  if not pairs:
+    where = f"{root}" + (f" and {audio_root}" if audio_root else "")
+    raise FileNotFoundError(
+        f"{where}: no usable RAVDESS clip found ({len(skipped)} videos rejected, {len(ignored)} other files "
+        "ignored): point --input at the folder holding the Actor_XX/ folders of .mp4 files" +
+        (f"; first problem: {problems[0]}" if problems else ""))
   out_dir.mkdir(parents=True, exist_ok=True)
   for stale in out_dir.glob(".*.tmp.npz"):  # left by a run killed while writing
     stale.unlink(missing_ok=True)
-  pairs, problems = find_clips(root, soundtrack_fallback=soundtrack_fallback, modalities=modalities)
-  if limit is not None:
-    pairs = pairs[:limit]
-  skipped = [dict(path=p.path, reason=p.reason) for p in problems]
   # Two files with one stem would overwrite each other's cache file: keep the first, report the others.
   seen: dict[str, ClipPair] = {}
-  todo: list[ClipPair] = []
+  todo: list[tuple[ClipPair, str]] = []
   cached: list[str] = []
   for pair in pairs:
     stem = pair.name.stem
@@ -163,12 +217,14 @@ def preprocess_directory(root: str | os.PathLike, out_dir: str | os.PathLike, wo
       skipped.append(dict(path=str(pair.video), reason=f"same name as {seen[stem].video}; only that one is used"))
       continue
     seen[stem] = pair
-    if _cached_ok(cache_path(out_dir, stem), config):
+    source = source_fingerprint(pair.video, pair.audio)
+    if _cached_ok(cache_path(out_dir, stem), config, source):
       cached.append(stem)
     else:
-      todo.append(pair)
+      todo.append((pair, source))
 
-  tasks = [(str(p.video), None if p.audio is None else str(p.audio), str(out_dir), config.to_json()) for p in todo]
+  tasks = [(str(p.video), None if p.audio is None else str(p.audio), str(out_dir), config.to_json(), source)
+           for p, source in todo]
   results: list[dict[str, Any]] = []
   bar = None
   if progress:
@@ -179,9 +235,7 @@ def preprocess_directory(root: str | os.PathLike, out_dir: str | os.PathLike, wo
       iterator = map(_run_one, tasks)
       pool = None
     else:
-      threads = max(1, (os.cpu_count() or 1) // workers)
-      pool = multiprocessing.get_context("spawn").Pool(min(workers, len(tasks)), initializer=_init_worker,
-                                                       initargs=(threads,))
+      pool = multiprocessing.get_context("spawn").Pool(min(workers, len(tasks)), initializer=_init_worker)
       iterator = pool.imap_unordered(_run_one, tasks)
     try:
       for r in iterator:
@@ -211,11 +265,17 @@ def preprocess_directory(root: str | os.PathLike, out_dir: str | os.PathLike, wo
         filled[stem] = int(z["filled_frames"])
       past_end += int(z["frames_past_end"])
   filled = dict(sorted(filled.items()))
+  seconds = round(time.time() - started, 2)
+  this_run = dict(started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), seconds=seconds,
+                  input=str(Path(root).resolve()), written=len(written), cached=len(cached), skipped=len(skipped))
+  report_path = out_dir / REPORT_NAME
+  runs = _previous_runs(report_path) + [this_run]
   report = dict(
-      input=str(Path(root).resolve()), output=str(out_dir.resolve()), config=json.loads(config.to_json()),
-      started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), seconds=round(time.time() - started, 2),
-      workers=workers, clips_found=len(pairs), clips_written=len(written), clips_cached=len(cached),
-      clips_skipped=len(skipped), frames_filled=int(sum(filled.values())), filled_frames_by_clip=filled,
+      input=str(Path(root).resolve()), audio_input=str(Path(audio_root).resolve()) if audio_root else None,
+      output=str(out_dir.resolve()), config=json.loads(config.to_json()), started=this_run["started"],
+      seconds=seconds, workers=workers, clips_found=len(written) + len(cached) + len(skipped),
+      clips_written=len(written), clips_cached=len(cached), clips_skipped=len(skipped),
+      files_ignored=len(ignored), frames_filled=int(sum(filled.values())), filled_frames_by_clip=filled,
       frames_past_end=int(past_end),
       seconds_per_clip=round(float(np.mean([r["seconds"] for r in written])), 3) if written else None,
       # Audio and video of one take differ by milliseconds in RAVDESS; more suggests a wrong pairing.
@@ -223,17 +283,27 @@ def preprocess_directory(root: str | os.PathLike, out_dir: str | os.PathLike, wo
                                 video_seconds=round(r["video_seconds"], 3)) for r in written
                            if abs(r["audio_seconds"] - r["video_seconds"]) > DURATION_TOLERANCE_SECONDS],
       tensorflow_loaded_in_workers=any(r.get("tensorflow_loaded") for r in results),
-      written=[r["stem"] for r in written], cached=cached, skipped=skipped)
+      written=[r["stem"] for r in written], cached=cached, skipped=skipped, ignored_files=ignored, runs=runs)
   tmp = out_dir / f".{REPORT_NAME}.tmp"
   tmp.write_text(json.dumps(report, indent=2))
-  os.replace(tmp, out_dir / REPORT_NAME)
+  os.replace(tmp, report_path)
   return report
 
 
+def _previous_runs(report_path: Path) -> list[dict[str, Any]]:
+  try:
+    return list(json.loads(report_path.read_text()).get("runs", []))
+  except (OSError, ValueError):  # no report yet, or an unreadable one: start the history here
+    return []
+
+
 def format_report(report: dict[str, Any]) -> str:
-  lines = [f"clips found {report['clips_found']}: written {report['clips_written']}, cached from an earlier run "
-           f"{report['clips_cached']}, skipped {report['clips_skipped']}; frames filled from a neighbour "
-           f"{report['frames_filled']}; report: {Path(report['output']) / REPORT_NAME}"]
+  lines = [f"clips found {report['clips_found']} = written {report['clips_written']} + cached from an earlier "
+           f"run {report['clips_cached']} + skipped {report['clips_skipped']}; other files ignored "
+           f"{report['files_ignored']}; frames filled from a neighbour {report['frames_filled']}; report: "
+           f"{Path(report['output']) / REPORT_NAME}"]
   for s in report["skipped"]:
     lines.append(f"  skipped {s['path']}: {s['reason']}")
+  for s in report["ignored_files"]:
+    lines.append(f"  ignored {s['path']}: {s['reason']}")
   return "\n".join(lines)

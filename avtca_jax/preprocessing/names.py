@@ -184,26 +184,44 @@ def pair_videos_with_audio(videos: Iterable[str | os.PathLike], audios: Iterable
   return pairs, problems
 
 
-def find_clips(root: str | os.PathLike, *, soundtrack_fallback: bool = True,
-               modalities: Sequence[int] = (1, 2)) -> tuple[list[ClipPair], list[Problem]]:
-  """All videos under `root` (recursively), paired with the audio files found under the same root.
+def _walk_files(root: Path):
+  """Every file under `root`, following symlinked folders (each real folder once, so a link loop ends)."""
+  seen = set()
+  for dirpath, dirnames, files in os.walk(root, followlinks=True):
+    real = os.path.realpath(dirpath)
+    if real in seen:
+      dirnames[:] = []
+      continue
+    seen.add(real)
+    for f in files:
+      if not f.startswith("."):
+        yield Path(dirpath) / f
+
+
+def find_clips(root: str | os.PathLike, *, soundtrack_fallback: bool = True, modalities: Sequence[int] = (1, 2),
+               audio_root: str | os.PathLike | None = None) -> tuple[list[ClipPair], list[Problem]]:
+  """All videos under `root` (recursively, symlinks followed), paired with the audio files found under the
+  same root and under `audio_root` (a separate audio folder, when given).
 
   Works with the official layout (Actor_XX/ folders with .mp4 and .wav side by side, as the original
   README asks) and with the shared test layout (video_*/ and audio_speech_*/Actor_XX/ folders of .flac).
   """
-  root = Path(root)
-  if not root.is_dir():
-    raise FileNotFoundError(f"{root}: RAVDESS input folder not found")
+  roots = [Path(root)] + ([Path(audio_root)] if audio_root is not None else [])
+  for folder, what in zip(roots, ("RAVDESS input folder (--input)", "audio folder (--audio)")):
+    if not folder.is_dir():
+      raise FileNotFoundError(f"{folder}: {what} not found" if not folder.exists() else
+                              f"{folder}: {what} is not a folder")
   videos, audios = [], []
-  for dirpath, _, files in os.walk(root):
-    for f in files:
-      low = f.lower()
-      if f.startswith("."):
-        continue
-      if low.endswith(VIDEO_EXTENSIONS):
-        videos.append(Path(dirpath) / f)
-      elif low.endswith(AUDIO_EXTENSIONS) and "croppad" not in low:  # the original writes *_croppad.wav beside
-        audios.append(Path(dirpath) / f)
+  for path in _walk_files(roots[0]):
+    low = path.name.lower()
+    if low.endswith(VIDEO_EXTENSIONS):
+      videos.append(path)
+    elif low.endswith(AUDIO_EXTENSIONS) and "croppad" not in low:  # the original writes *_croppad.wav beside
+      audios.append(path)
+  for path in _walk_files(roots[1]) if len(roots) > 1 else ():
+    low = path.name.lower()
+    if low.endswith(AUDIO_EXTENSIONS) and "croppad" not in low:
+      audios.append(path)
   pairs, problems = pair_videos_with_audio(videos, audios, soundtrack_fallback=soundtrack_fallback,
                                            modalities=modalities)
   # Audio files whose name does not parse are reported; audio files without a video are not (the audio

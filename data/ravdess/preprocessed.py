@@ -21,15 +21,21 @@ _RUNNER = """
 import json, sys
 from avtca_jax.preprocessing.clips import preprocess_directory
 from avtca_jax.preprocessing.config import PreprocessConfig
+from avtca_jax import console
 args = json.loads(sys.argv[1])
+console.configure_logging(False)
 config = PreprocessConfig.from_json(args["config"])
-preprocess_directory(args["root"], args["out_dir"], args["workers"], config,
-                     modalities=tuple(args["modalities"]), progress=True)
+try:
+  preprocess_directory(args["root"], args["out_dir"], args["workers"], config,
+                       modalities=tuple(args["modalities"]), progress=True)
+except Exception as error:  # one line (e.g. no usable clip in manual_dir), then the builder's own error
+  console.exit_on_user_error(error)
 """
 
 
 def default_workers() -> int:
-  return max(1, (os.cpu_count() or 1) // 2)
+  """One worker per core (each runs one torch thread), as `python -m avtca_jax.preprocess`."""
+  return os.cpu_count() or 1
 
 
 def preprocess_config(image_size: int):
@@ -53,8 +59,8 @@ def run_preprocessing(manual_dir: Path, cache_dir: Path, *, include_video_only: 
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   result = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(args)], env=env)
   if result.returncode != 0 or not report_path.exists():
-    raise RuntimeError(f"preprocessing of {manual_dir} failed (exit status {result.returncode}); "
-                       f"rerun to continue from the cache in {out_dir}")
+    raise ValueError(f"preprocessing of {manual_dir} failed (exit status {result.returncode}, the reason is "
+                     f"printed above); rerun to continue from the cache in {out_dir}")
   return out_dir, json.loads(report_path.read_text())
 
 

@@ -1,0 +1,263 @@
+"""Every kind of checkpoint a user may hold, loaded the same way for `predict`, `evaluate` and `export`.
+
+  training workdir          WORKDIR (config.json + checkpoints/ or best/): the best-validation checkpoint,
+                            else the latest
+  checkpoint step           WORKDIR/checkpoints/STEP or WORKDIR/best/STEP
+  converted checkpoint      DIR written by `python -m avtca_jax.convert --kind avtca` (conversion.json)
+  the original's PyTorch    FILE.pth / .pth.tar / .pt of a whole AVT-CA model, converted on the fly with the
+  checkpoint                strict conversion (weights_only load, every key used or named as ignored)
+
+`load(path)` gives a `LoadedModel`: the model's config (for a workdir the run's own; for a converted or
+PyTorch checkpoint the original's input contract: 224 px BGR frames in [0, 1], raw MFCCs), its variables
+as host numpy arrays, and `forward()`, the pure function from raw inputs (MFCC, uint8 RGB crops) to logits
+that prediction runs and `export` serialises. Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Dict, List, Optional
+
+import ml_collections
+import numpy as np
+from etils import epath
+
+CROP_SIZE = 224  # what avtca_jax.preprocessing writes (PreprocessConfig.crop_size)
+PYTORCH_SUFFIXES = (".pth", ".pth.tar", ".pt", ".tar")
+
+
+class CheckpointError(ValueError):
+  """A path that is not a usable checkpoint; the message names it and says what would work."""
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  kind: str  # 'workdir', 'converted' or 'pytorch'
+  path: str  # what the user gave
+  checkpoint: str  # the step directory, converted directory or .pth file the variables came from
+  config: ml_collections.ConfigDict
+  variables: Dict[str, Any]  # {'params', 'batch_stats'}, numpy
+  step: Optional[int] = None
+  workdir: Optional[str] = None
+
+  @property
+  def audio_only(self) -> bool:
+    return self.config.model == "audio"
+
+  def warnings(self) -> List[str]:
+    """What a user must know before trusting its answers on real clips."""
+    out = []
+    data = self.config.data
+    generated = data.source == "synthetic" or (data.source == "tfds" and str(data.builder_config).startswith("generated"))
+    if generated:
+      out.append(f"{self.path} was trained on generated data (drawn faces and tones, not real people): its "
+                 "probabilities on real clips mean nothing. Train on RAVDESS or use a converted checkpoint.")
+    if not self.audio_only and self.config.image_size != CROP_SIZE:
+      out.append(f"{self.path} takes {self.config.image_size} px faces: the {CROP_SIZE} px crops are shrunk to "
+                 f"{self.config.image_size} px, the size it was trained at, and lose most of the face's detail.")
+    return out
+
+  def mfcc_normalization(self) -> Dict[str, Any]:
+    """The run's MFCC normalisation of one clip ({'mode': 'none'} for converted checkpoints)."""
+    if self.workdir is None:
+      return {"mode": "none"}
+    return mfcc_normalization(self.workdir, self.config)
+
+  def forward(self) -> Callable:
+    """f(mfcc (B, 156, 10) float32 raw MFCCs, frames (B, 15, H, W, 3) uint8 RGB or None) -> logits (B, C).
+
+    The run's MFCC normalisation, the channel order and the resize to the model's input size happen
+    inside, exactly as in evaluation (train.model_inputs), so the function is the whole numeric path after
+    preprocessing. The variables are closed over (constants of an export)."""
+    import jax.numpy as jnp
+    from avtca_jax import audio_data, train as train_lib
+    config, variables = self.config, self.variables
+    model = train_lib.create_model(config)
+    stats = self.mfcc_normalization()
+    mode = stats["mode"]
+
+    def forward(mfcc, frames=None):
+      mfcc = audio_data.normalize_clips(jnp.asarray(mfcc, jnp.float32), mode, stats)
+      batch = {"mfcc": mfcc, "label": jnp.zeros(mfcc.shape[:1], jnp.int32)}
+      if frames is not None:
+        batch["frames"] = frames
+      mfcc, frames, _ = train_lib.model_inputs(config, batch)
+      return model.apply(variables, mfcc, frames, train=False).astype(jnp.float32)
+
+    return forward
+
+
+# ---- Configs -------------------------------------------------------------------------------------------
+
+
+def _flatten(tree, prefix=""):
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[prefix + key] = tuple(value) if isinstance(value, list) else value
+  return out
+
+
+def load_config(workdir: str, overrides: Optional[Dict] = None) -> ml_collections.ConfigDict:
+  """The run's config: its variant's defaults updated with the stored config.json (so types stay right)."""
+  from avtca_jax import train as train_lib
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
+  try:
+    stored = json.loads(path.read_text())
+  except ValueError as error:
+    raise CheckpointError(f"{path} is not valid JSON ({error}): restore it from the run that wrote it") from error
+  config = train_lib.default_config(stored.get("variant", "default"))
+  try:
+    config.update_from_flattened_dict(_flatten(stored))
+    for key, value in (overrides or {}).items():
+      config.update_from_flattened_dict({key: value})
+  except (KeyError, AttributeError) as error:
+    raise CheckpointError(f"{path}: key {error} is not a config key of this version: the run was written by "
+                          "another version of avtca_jax") from error
+  return config
+
+
+def original_config(fusion: str, num_classes: int) -> ml_collections.ConfigDict:
+  """The original's model and input contract for a converted AVT-CA checkpoint (configs/ravdess.py:original)."""
+  from avtca_jax import train as train_lib
+  config = train_lib.default_config("original")
+  config.fusion = fusion
+  config.num_classes = num_classes
+  config.image_size = CROP_SIZE
+  config.channel_order = "bgr"  # the original's frames were BGR in [0, 1]
+  return config
+
+
+# ---- Loading -------------------------------------------------------------------------------------------
+
+
+def default_checkpoint(workdir: str) -> str:
+  """The best-validation checkpoint when there is one, else the latest."""
+  from avtca_jax import checkpointing
+  try:
+    return checkpointing.checkpoint_dir(workdir, best=True)
+  except FileNotFoundError:
+    try:
+      return checkpointing.checkpoint_dir(workdir)
+    except FileNotFoundError:
+      raise CheckpointError(f"{workdir} holds no checkpoint (checkpoints/ and best/ are empty): train first, "
+                            "or give a converted checkpoint") from None
+
+
+def _step_of(directory: str) -> Optional[int]:
+  name = os.path.basename(os.path.normpath(directory))
+  return int(name) if name.isdigit() else None
+
+
+def restore_variables(checkpoint_dir: str) -> Dict[str, Any]:
+  """{'step', 'params', 'batch_stats'} of a training checkpoint step, as numpy; a clear error when the step
+  is missing or incomplete."""
+  from avtca_jax import checkpointing
+  directory = epath.Path(checkpoint_dir)
+  parent = directory.parent
+  steps = sorted(int(p.name) for p in parent.iterdir() if p.name.isdigit()) if parent.is_dir() else []
+  if not directory.is_dir():
+    raise CheckpointError(f"{directory}: no such checkpoint step; {parent} holds steps {steps or 'none'}")
+  if not (directory / "state").is_dir():
+    raise CheckpointError(f"{directory}: checkpoint step is incomplete (no state/ folder; interrupted save or "
+                          f"deleted files): use another step of {parent} ({steps}) or the workdir itself")
+  try:
+    restored = checkpointing.restore_numpy(str(directory))
+  except (ValueError, OSError, KeyError) as error:
+    raise CheckpointError(f"{directory}: the checkpoint cannot be read ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0] if str(error) else ''}): use another step of {parent}") from error
+  return {"step": int(np.asarray(restored["step"])), "params": restored["params"],
+          "batch_stats": restored.get("batch_stats", {})}
+
+
+def mfcc_normalization(workdir: str, config) -> Dict[str, Any]:
+  """{'mode', and for 'train' the 'mean'/'std' the trainer saved}: the run's MFCC normalisation of one clip."""
+  from avtca_jax import data_sources
+  mode = config.data.get("normalize", "none") if config.data.source == "audio_folder" else "none"
+  if mode == "speaker":
+    raise CheckpointError(f"{workdir}: the run used data.normalize='speaker', which needs all clips of the "
+                          "speaker; a single clip can only use 'none', 'train' or 'clip'")
+  if mode != "train":
+    return {"mode": mode}
+  path = epath.Path(workdir) / data_sources.NORMALIZATION_FILE
+  if not path.exists():
+    raise FileNotFoundError(f"{path} is missing: the run used data.normalize='train' and its statistics "
+                            "are needed to normalise a new clip")
+  return dict(json.loads(path.read_text()), mode="train")
+
+
+def _check_workdir_model(workdir: str, config) -> None:
+  """The workdir's model.json (what its checkpoints hold) must be the model of its config.json."""
+  from avtca_jax import checkpointing
+  try:
+    checkpointing.check_workdir(workdir, config)
+  except checkpointing.CheckpointMismatchError as error:
+    raise CheckpointError(str(error)) from None
+
+
+def _load_workdir(path: str, workdir: str, checkpoint_dir: str) -> LoadedModel:
+  config = load_config(workdir)
+  _check_workdir_model(workdir, config)
+  restored = restore_variables(checkpoint_dir)
+  variables = {"params": restored["params"], "batch_stats": restored["batch_stats"]}
+  return LoadedModel("workdir", path, checkpoint_dir, config, variables, step=restored["step"], workdir=workdir)
+
+
+def _num_classes(variables) -> int:
+  return int(np.shape(variables["params"]["classifier"]["bias"])[0])
+
+
+def _load_converted(path: str) -> LoadedModel:
+  from avtca_jax import convert
+  info = json.loads((epath.Path(path) / "conversion.json").read_text())
+  if info.get("kind") != "avtca":
+    raise CheckpointError(f"{path} is a converted {info.get('kind')} backbone, not a whole AVT-CA model: train "
+                          f"from it (--config.init_checkpoint={path}), then predict with the trained workdir")
+  variables = convert.load_init_checkpoint(path)
+  config = original_config(info["fusion"], _num_classes(variables))
+  return LoadedModel("converted", path, path, config, variables)
+
+
+def _load_pytorch(path: str) -> LoadedModel:
+  from avtca_jax import convert
+  checkpoint = convert.load_torch_checkpoint(path)  # weights_only: never runs code from the file
+  state = convert.unwrap_state_dict(checkpoint)
+  fusion = convert.detect_fusion(state)
+  if fusion is None:
+    raise CheckpointError(f"{path}: not a whole AVT-CA checkpoint (no fusion module keys 'av1.*' or 'av.*'); "
+                          "an EfficientFace backbone is converted with `python -m avtca_jax.convert --kind "
+                          "efficientface` and trained from")
+  num_classes = int(np.shape(state["classifier_1.0.bias"])[0]) if "classifier_1.0.bias" in state else 8
+  variables, _ = convert.convert_avtca(state, fusion, num_classes)
+  return LoadedModel("pytorch", path, path, original_config(fusion, num_classes), variables)
+
+
+def load(path: str) -> LoadedModel:
+  """Any checkpoint kind of the module docstring; CheckpointError/FileNotFoundError name the path."""
+  path = os.fspath(path)
+  p = epath.Path(path)
+  workdir = p.parent.parent  # WORKDIR/checkpoints/STEP or WORKDIR/best/STEP
+  in_workdir = p.parent.name in ("checkpoints", "best") and (workdir / "config.json").exists()
+  if in_workdir and not (p / "conversion.json").exists():  # a step, present or not (the error lists the steps)
+    return _load_workdir(path, os.path.abspath(os.fspath(workdir)), os.path.abspath(path))
+  if not p.exists():
+    raise FileNotFoundError(f"{path}: no such checkpoint (expected a training workdir, a checkpoint step, a "
+                            "converted checkpoint folder or a PyTorch .pth file)")
+  if p.is_file():
+    if not path.lower().endswith(PYTORCH_SUFFIXES):
+      raise CheckpointError(f"{path}: a file that is not a PyTorch checkpoint (.pth, .pth.tar, .pt); give a "
+                            "training workdir, a checkpoint step, a converted checkpoint or a .pth file")
+    return _load_pytorch(path)
+  if (p / "conversion.json").exists():
+    return _load_converted(path)
+  if (p / "config.json").exists():
+    return _load_workdir(path, os.path.abspath(path), default_checkpoint(path))
+  raise CheckpointError(f"{path} is neither a training workdir (no config.json), a checkpoint step inside "
+                        "one (WORKDIR/checkpoints/STEP), a converted checkpoint (no conversion.json) nor a "
+                        "PyTorch .pth file")

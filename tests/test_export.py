@@ -1,0 +1,93 @@
+"""`python -m avtca_jax.export`: the reloaded export gives the trained model's logits on real clips, and
+loading it needs neither flax, orbax nor TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "ravdess"
+ACTOR05 = SHARED / "video_actor05"
+CLIPS = ("01-01-01-01-02-01-05.mp4", "01-01-06-02-02-02-05.mp4")
+needs_clips = pytest.mark.skipif(not ACTOR05.is_dir(), reason=f"real RAVDESS clips not found at {ACTOR05}")
+TRAINING_STACK = ("flax", "orbax.checkpoint", "optax", "tensorflow", "ml_collections")
+
+
+@pytest.fixture(scope="module")
+def exported(small_avtca_workdir, tmp_path_factory):
+  from avtca_jax import export
+  out = tmp_path_factory.mktemp("export") / "model"
+  assert export.main([str(small_avtca_workdir), "--output", str(out)]) == 0
+  return out
+
+
+def _training_stack_logits(workdir: Path, mfcc: np.ndarray, crops: np.ndarray) -> np.ndarray:
+  """The trained model's logits through the training code itself: the run's config, its checkpoint, the
+  trainer's input conversion (train.model_inputs) and the Flax model."""
+  from avtca_jax import checkpoint_kinds, checkpointing, train as train_lib
+  config = checkpoint_kinds.load_config(str(workdir))
+  restored = checkpointing.restore_numpy(checkpoint_kinds.default_checkpoint(str(workdir)))
+  model = train_lib.create_model(config)
+  batch = {"mfcc": mfcc, "frames": crops, "label": np.zeros(len(mfcc), np.int32)}
+  model_mfcc, frames, _ = train_lib.model_inputs(config, batch)
+  return np.asarray(model.apply({"params": restored["params"], "batch_stats": restored["batch_stats"]},
+                                model_mfcc, frames, train=False))
+
+
+@needs_clips
+@pytest.mark.slow
+def test_export_gives_the_trained_models_logits_on_real_clips(small_avtca_workdir, exported):
+  pytest.importorskip("facenet_pytorch")
+  from avtca_jax import export, predict
+  info = json.loads((exported / "export.json").read_text())
+  assert info["platforms"] == ["cpu", "cuda", "tpu"] and info["kind"] == "workdir" and not info["audio_only"]
+  assert any("generated data" in w for w in info["warnings"])
+  features = [predict.features(str(ACTOR05 / name), None, audio_only=False) for name in CLIPS]
+  mfcc = np.stack([m for m, _ in features]).astype(np.float32)  # (2, 156, 10)
+  crops = np.stack([c for _, c in features])  # (2, 15, 224, 224, 3) uint8
+  expected = _training_stack_logits(small_avtca_workdir, mfcc, crops)
+  reloaded = export.load(str(exported))
+  got = reloaded.logits(mfcc, crops)  # the batch of 2 through the symbolic batch dimension
+  assert got.shape == (2, 8)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+  one = reloaded.logits(mfcc[:1], crops[:1])  # and a batch of 1 through the same export
+  np.testing.assert_allclose(one, expected[:1], rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+  assert not np.allclose(got[0], got[1])  # two different clips, two different answers
+
+
+@needs_clips
+@pytest.mark.slow
+def test_predict_with_an_export_needs_no_training_stack(exported):
+  """`predict EXPORT clip.mp4` in a fresh process: probabilities, and none of flax/orbax/optax/TF imported."""
+  pytest.importorskip("facenet_pytorch")
+  code = (f"import sys; from avtca_jax import predict; rc = predict.main([{str(exported)!r}, "
+          f"{str(ACTOR05 / CLIPS[0])!r}]); loaded = [m for m in {TRAINING_STACK!r} if m in sys.modules]; "
+          "print('loaded:', loaded); sys.exit(rc)")
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = result.stdout.strip().splitlines()
+  assert lines[0].startswith(CLIPS[0] + ": ") and lines[-1] == "loaded: []"
+  assert sum(float(line.split()[-1]) for line in lines[1:9]) == pytest.approx(1.0, abs=1e-3)
+  assert "trained on generated data" in result.stderr  # the export keeps the model's warnings
+
+
+def test_audio_only_export_round_trip(tmp_path):
+  """An audio model exports to f(mfcc) and reloads to the same logits (any batch size)."""
+  from avtca_jax import checkpoint_kinds, export
+  from test_evaluate import _config, write_untrained_workdir
+  workdir = write_untrained_workdir(tmp_path / "audio", _config(model="audio", **{"data.source": "synthetic"}))
+  loaded = checkpoint_kinds.load(str(workdir))
+  exported = export.export_model(loaded, platforms=("cpu",))
+  export.save(str(tmp_path / "exported"), loaded, exported)
+  reloaded = export.load(str(tmp_path / "exported"))
+  assert reloaded.audio_only and reloaded.num_classes == 8
+  mfcc = np.random.default_rng(0).normal(size=(3, 156, 10)).astype(np.float32) * 50
+  import jax
+  expected = np.asarray(jax.jit(loaded.forward())(mfcc))
+  np.testing.assert_allclose(reloaded.logits(mfcc), expected, rtol=1e-5, atol=1e-5)
