@@ -4,8 +4,8 @@
   comment; spec 1.7): test = 4 consecutive actors, validation = the next 4 (wrapping), train = the other 16.
   Fold 3's published list has a typo ('9' for '19'); we use the evident intent (train 17-24 and 1-8).
   Its test folds cover actors 1-20 only: actors 21-24 are never tested (fold 5 validates on them).
-- `all24_fold1` .. `all24_fold6`: the same construction with 6 folds, so the test folds cover all 24
-  actors (fold k tests actors 4k-3..4k, validates on the next 4, wrapping, and trains on the other 16).
+- `fold6`: the same construction continued (test 21-24, validation 1-4, train 5-20), so that the six folds
+  `fold1` .. `fold6` (fold set 'all24') test every actor exactly once.
 - `original`: the split the public AVTCA/CH code runs (sorted actor folders): test 1-4, val 5-8, train 9-24.
   Identical to fold 1.
 - `released`: the split of Chumachenko et al.'s released RAVDESS models: test 5, 10, 16, 19; val 11, 13, 18, 22.
@@ -34,13 +34,12 @@ NUM_FOLDS = 5
 ACTORS_PER_GROUP = 4
 INNER_FOLDS = 4
 PAPER_RANDOM_SEED = 0  # the one permutation of `paper_random`, whatever the training seed
-FOLD_PROTOCOLS = tuple(f"fold{k}" for k in range(1, NUM_FOLDS + 1))
-ALL24_PROTOCOLS = tuple(f"all24_fold{k}" for k in range(1, len(ACTORS) // ACTORS_PER_GROUP + 1))
-ACTOR_PROTOCOLS = FOLD_PROTOCOLS + ALL24_PROTOCOLS + ("original", "released")
+FOLD_PROTOCOLS = tuple(f"fold{k}" for k in range(1, len(ACTORS) // ACTORS_PER_GROUP + 1))  # fold1 .. fold6
+ACTOR_PROTOCOLS = FOLD_PROTOCOLS + ("original", "released")
 PROTOCOLS = ACTOR_PROTOCOLS + ("paper_random",)
-# Sets of folds that `cross_validation` runs: Chumachenko's five (actors 1-20 tested) and the six that test
-# every actor once.
-FOLD_SETS = {"chumachenko5": FOLD_PROTOCOLS, "all24": ALL24_PROTOCOLS}
+# Sets of folds that `cross_validation` runs: Chumachenko's five (actors 1-20 tested) and all six (every
+# actor tested once). The first five folds are the same in both, so one workdir serves both sets.
+FOLD_SETS = {"chumachenko5": FOLD_PROTOCOLS[:NUM_FOLDS], "all24": FOLD_PROTOCOLS}
 
 
 def _block(start: int) -> List[int]:
@@ -76,8 +75,8 @@ def fold_actors(protocol: str) -> Dict[str, List[int]]:
     size = len(outer_train) // INNER_FOLDS
     test = outer_train[j * size:(j + 1) * size]
     return {"train": [a for a in outer_train if a not in test], "validation": [], "test": test}
-  if protocol in FOLD_PROTOCOLS or protocol in ALL24_PROTOCOLS:
-    k = int(protocol.rpartition("fold")[2])
+  if protocol in FOLD_PROTOCOLS:
+    k = int(protocol[len("fold"):])
     test, validation = _block(4 * (k - 1) + 1), _block(4 * k + 1)
   elif protocol == "original":
     test, validation = _block(1), _block(5)
