@@ -314,6 +314,34 @@ def test_workdir_of_another_model(tmp_path, no_compilation):
     train_lib.train_and_evaluate(_config(model="audio", **{"data.source": "synthetic"}), str(workdir))
 
 
+def test_changed_learning_rate_in_an_existing_workdir_stops_before_compilation(tmp_path, no_compilation):
+  """The workdir's config.json is the run's identity: another learning rate stops with a message naming the
+  key (before anything compiles); logging keys may change; --resume_with_changed_config goes on."""
+  from avtca_jax import checkpointing, train as train_lib
+  config = _config(**{"model": "audio", "data.source": "synthetic", "learning_rate": 0.1})
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  checkpointing.write_config(str(workdir), config)
+  stored = json.loads((workdir / "fingerprint.json").read_text())
+  assert stored["sha256"] == checkpointing.fingerprint(config) and "log_every_steps" not in stored["identity"]
+  changed = _config(**{"model": "audio", "data.source": "synthetic", "learning_rate": 0.2})
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match=r"another config \(learning_rate: workdir 0.1 vs config 0.2\)"):
+    train_lib.train_and_evaluate(changed, str(workdir))
+  other_protocol = _config(**{"model": "audio", "data.source": "synthetic", "learning_rate": 0.1,
+                              "data.protocol": "fold2", "data.train_on_validation": True})
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match=r"data.protocol: workdir 'fold1' vs config 'fold2', data.train_on_validation"):
+    train_lib.train_and_evaluate(other_protocol, str(workdir))
+  relogged = _config(**{"model": "audio", "data.source": "synthetic", "learning_rate": 0.1,
+                        "log_every_steps": 3, "progress_bar": False})
+  assert checkpointing.check_workdir(str(workdir), relogged)
+  with pytest.raises(AssertionError, match="compiled before the input check"):  # past the check
+    train_lib.train_and_evaluate(changed, str(workdir), allow_config_change=True)
+  assert json.loads((workdir / "config.json").read_text())["learning_rate"] == 0.2
+  assert json.loads((workdir / "config.previous.json").read_text())["learning_rate"] == 0.1
+
+
 def test_missing_audio_folder(tmp_path, no_compilation):
   from avtca_jax import data_sources, train as train_lib
   config = _config("audio_only", **{"data.path": str(tmp_path / "nowhere")})
