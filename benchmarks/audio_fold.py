@@ -17,7 +17,9 @@ with librosa in each `__getitem__`; `--per_clip_features=N` times that on N clip
 bare loop + 100 epochs x (train + validation clips) x seconds per clip ('as it ships', an estimate).
 
 Our side runs separately through the one trainer (`python -m avtca_jax.cross_validation`, same folds and
-seeds); docs/audio_only.md puts the two tables side by side. Every finished run is written to `--json`
+seeds); `--compare=NAME=DIR,...` prints the side-by-side table over the runs all of them finished:
+
+    python -m benchmarks.audio_fold --json=/tmp/torch_folds.json --compare=fast=/tmp/audio_cv,original=/tmp/audio_orig Every finished run is written to `--json`
 at once, and rerunning with the same `--json` skips the runs already there.
 """
 
@@ -185,6 +187,50 @@ def markdown(result: dict) -> str:
   return "\n".join(rows)
 
 
+def compare(torch_result: dict, ours: dict) -> str:
+  """Side by side: the PyTorch loop and our cross_validation reports ({name: cross_validation.json dict}),
+  over the (fold, seed) runs that all of them finished. Per fold: the mean over seeds of test accuracy /
+  UAR / macro-F1; then each one's mean ± fold spread ± seed spread and mean seconds per run."""
+  from avtca_jax import cross_validation
+
+  runs = {"PyTorch original loop": {}}
+  seconds = {"PyTorch original loop": {}}
+  for key, run in torch_result["runs"].items():
+    protocol, seed = key.split("/seed")
+    runs["PyTorch original loop"].setdefault(protocol, {})[int(seed)] = {"both": run["test"]}
+    seconds["PyTorch original loop"][(protocol, int(seed))] = run["seconds"]
+  for name, report in ours.items():
+    runs[name], seconds[name] = {}, {}
+    for protocol, per_seed in report["runs"].items():
+      for seed, results in per_seed.items():
+        runs[name].setdefault(protocol, {})[int(seed)] = {"both": results["both"]}
+        seconds[name][(protocol, int(seed))] = report["seconds"][protocol][seed]
+  common = set.intersection(*({(p, s) for p, v in r.items() for s in v} for r in runs.values()))
+  protocols = sorted({p for p, _ in common}, key=lambda p: (len(p), p))
+  seeds = sorted({s for _, s in common})
+  complete = [p for p in protocols if all((p, s) in common for s in seeds)]
+  if not complete:
+    return "no (fold, seed) run finished by all"
+  names = list(runs)
+  triple = lambda rs: " / ".join(f"{100 * np.mean([r['both'][m] for r in rs]):.1f}"
+                                 for m in ("accuracy", "uar", "macro_f1"))
+  lines = [f"Test actors: {cross_validation._ranges(cross_validation.tested_actors(complete))}; seeds "
+           f"{', '.join(map(str, seeds))}; test accuracy / UAR / macro-F1 (%), mean over seeds.", "",
+           "| fold | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
+  for p in complete:
+    lines.append(f"| {p} | " + " | ".join(triple([runs[n][p][s] for s in seeds]) for n in names) + " |")
+  for metric, label in (("accuracy", "accuracy"), ("uar", "UAR"), ("macro_f1", "macro-F1")):
+    cells = []
+    for n in names:
+      stats = cross_validation.summarize({p: {s: runs[n][p][s] for s in seeds} for p in complete})["both"][metric]
+      cells.append(f"{100 * stats['mean']:.1f} ± {100 * stats['fold_std']:.1f} (folds) ± "
+                   f"{100 * stats['seed_std']:.1f} (seeds)")
+    lines.append(f"| {label}: mean ± spreads | " + " | ".join(cells) + " |")
+  lines.append("| seconds per fold (mean) | " + " | ".join(
+      f"{np.mean([seconds[n][(p, s)] for p in complete for s in seeds]):.0f}" for n in names) + " |")
+  return "\n".join(lines)
+
+
 def main(argv=None):
   from avtca_jax import splits
 
@@ -197,7 +243,20 @@ def main(argv=None):
   parser.add_argument("--json", default="", help="results file; rerunning skips the runs already in it")
   parser.add_argument("--per_clip_features", type=int, default=0,
                       help="time the original's per-clip MFCC on this many clips ('as it ships' estimate)")
+  parser.add_argument("--compare", default="",
+                      help="NAME=DIR,...: print the side-by-side table of --json (PyTorch) and these "
+                           "cross_validation workdirs over the runs all finished, and train nothing")
   args = parser.parse_args(argv)
+  if args.compare:
+    with open(args.json) as f:
+      torch_result = json.load(f)
+    ours = {}
+    for item in args.compare.split(","):
+      name, directory = item.split("=", 1)
+      with open(os.path.join(directory, "cross_validation.json")) as f:
+        ours[name] = json.load(f)
+    print(compare(torch_result, ours))
+    return
   every = splits.FOLD_SETS[args.fold_set]
   protocols = [every[int(k) - 1] for k in args.folds.split(",")] if args.folds else list(every)
   result = measure(protocols, [int(s) for s in args.seeds.split(",")], epochs=args.epochs,

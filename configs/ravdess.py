@@ -30,17 +30,18 @@ paper_split: the paper's stated recipe (Adam lr 0.01, wd 1e-3, batch 8, 128 epoc
   from it are only comparable to the paper's 96%, not to actor-independent results.
     python -m avtca_jax.train --config=configs/ravdess.py:paper_split --workdir=/tmp/avtca_paper
   Expected: high (leaky) accuracy, far above the actor-independent folds.
-audio_only: the audio branch alone on the 1440 real speech files (../shared/data/ravdess/audio_speech_22k)
-  held in memory, actor fold 1 (`--config.data.protocol=foldK` for the others), with the recipe of
-  `python -m avtca_jax.audio_recipe` (standardised MFCCs, the original's SGD, 24 epochs, x0.1 after 14/19/22).
+audio_only: the audio branch alone on the 1440 real speech files (config.data.path, the RAVDESS
+  audio_speech_22k folder) held in memory, with the fast recipe, fixed before the clean table
+  (docs/audio_only.md): MFCCs standardised per coefficient with the training actors' statistics, the
+  original's SGD (0.06, momentum 0.9, dampening 0.9, L2 1e-3), batch 8, 24 epochs, x0.1 from the 15th, 20th
+  and 23rd epoch; the best-validation epoch of each fold is tested. One fold (`--config.data.protocol=foldK`):
     python -m avtca_jax.train --config=configs/ravdess.py:audio_only --workdir=/tmp/avtca_audio
-  Expected: fold 1 60-70% test accuracy depending on the seed (measured: 60.8% in 46 s, best validation
-  67.5%); the recipe module gives 59-70% on fold 1 over seeds and 60.3% mean over 5 folds x 3 seeds in
-  about 32 s per fold (docs/audio_only.md). The trainer also checkpoints every epoch.
-  With the 4 validation actors trained on too (20 actors; the final parameters are tested):
-    python -m avtca_jax.cross_validation --config=configs/ravdess.py:audio_only --workdir=/tmp/avtca_audio20 \
-        --config.data.train_on_validation=True
-  Expected: 63.7 +- 7.4% over the 5 folds (measured; fold 1 70.4% in 37 s).
+  All folds x seeds (`--fold_set=all24` adds fold 6, so that actors 21-24 are tested too):
+    python -m avtca_jax.cross_validation --config=configs/ravdess.py:audio_only --workdir=/tmp/audio_cv \
+        --seeds=0,1,2 --remove=
+  Expected: the original's accuracy within seed noise (docs/audio_only.md has the table).
+audio_original: the original's recipe (spec 5) on the same data and trainer: raw MFCCs, 100 epochs, x0.1
+  from epochs 40, 55, 65, 70, best-validation epoch. Same commands with `:audio_original`.
 tpu: fold1 at full size for an 8-chip TPU/GPU host: bfloat16 compute, global batch 64 (8 per chip, so
   per-device batch norm normalises over the original's batch of 8), lr scaled linearly with warm-up.
     python -m avtca_jax.train --config=configs/ravdess.py:tpu --workdir=$HOME/avtca_tpu_fold1

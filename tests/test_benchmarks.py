@@ -136,3 +136,18 @@ def test_audio_fold_reduced_pytorch_loop_learns_on_real_speech(tmp_path):
   assert "| fold1 | 1 |" in audio_fold.markdown(result)
   again = audio_fold.measure(["fold1"], seeds=[1], epochs=2, audio_dir=AUDIO_DIR, json_path=path)
   assert again["runs"]["fold1/seed1"]["seconds"] == run["seconds"]  # read back, not retrained
+
+
+def test_audio_fold_compare_uses_only_runs_finished_by_all():
+  from benchmarks import audio_fold
+  metrics = lambda a: {"accuracy": a, "uar": a, "macro_f1": a, "loss": 1.0, "count": 240}
+  torch_result = {"runs": {f"fold{k}/seed{s}": {"test": metrics(0.5 + 0.1 * k), "seconds": 100.0}
+                           for k in (1, 2, 3) for s in (0, 1)}}
+  ours = {"fast": {"runs": {f"fold{k}": {str(s): {"both": metrics(0.4 + 0.1 * k + 0.1 * s)} for s in (0, 1)}
+                            for k in (1, 2)},
+                   "seconds": {f"fold{k}": {"0": 10.0, "1": 20.0} for k in (1, 2)}}}
+  text = audio_fold.compare(torch_result, ours)
+  assert "Test actors: 1-8;" in text and "| fold3 |" not in text  # fold 3: PyTorch only
+  assert "| fold1 | 60.0 / 60.0 / 60.0 | 55.0 / 55.0 / 55.0 |" in text
+  assert "| seconds per fold (mean) | 100 | 15 |" in text
+  assert "65.0 ± 7.1 (folds) ± 0.0 (seeds)" in text and "60.0 ± 7.1 (folds) ± 7.1 (seeds)" in text
