@@ -397,8 +397,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   same_run = checkpointing.check_workdir(workdir, config, allow_change=allow_config_change)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
-  if not same_run or allow_config_change:
-    checkpointing.write_config(workdir, config)
 
   # Mesh: every device of every host on one `data` axis.
   mesh = create_mesh()
@@ -427,6 +425,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                       f"than one batch of {config.batch_size}")
   num_steps = total_train_steps(config, steps_per_epoch)
   has_eval = source.num_examples(config.data.eval_split) > 0
+
+  # The run's identity, once the config and data have passed every check (still before any compilation).
+  if not same_run or allow_config_change:
+    checkpointing.write_config(workdir, config)
 
   # Model and optimizer.
   model = create_model(config)
