@@ -11,7 +11,7 @@ audio-video preprocessing uses); this module adds the folder listing, labels, pa
 The features of the whole folder are computed in parallel worker processes once and cached in an .npz,
 so later runs load 1440 clips in well under a second.
 
-    data = load_ravdess_audio('../shared/data/ravdess/audio_speech_22k')
+    data = load_ravdess_audio('/path/to/ravdess/audio_speech_22k')
     # {'mfcc': (N, 156, 10) float32, 'label': (N,) int32 0..7, 'actor': (N,) int32 1..24, 'stem': (N,) str}
     parts = split_by_protocol(data, 'fold1')  # {'train': {...}, 'validation': {...}, 'test': {...}}
 """
@@ -138,10 +138,11 @@ def load_ravdess_audio(root: PathLike, cache_path: Optional[PathLike] = None, nu
           "actor": np.asarray(actors, np.int32), "stem": stems}
 
 
-def split_by_protocol(data: Dict[str, np.ndarray], protocol: str, seed: int = 0) -> Dict[str, Dict[str, np.ndarray]]:
+def split_by_protocol(data: Dict[str, np.ndarray], protocol: str) -> Dict[str, Dict[str, np.ndarray]]:
   """{'train', 'validation', 'test'} subsets of `data` (every array indexed alike) for an `avtca_jax.splits`
-  protocol. 'paper_random' has no validation set (its entry is empty)."""
-  names = assign_split(protocol, data["actor"], seed=seed)
+  protocol. 'paper_random' and the inner (nested) protocols have no validation set (its entry is empty);
+  clips of actors outside the protocol (an inner protocol's outer validation and test actors) are in none."""
+  names = assign_split(protocol, data["actor"])
   return {name: {k: v[names == name] for k, v in data.items()} for name in ("train", "validation", "test")}
 
 
@@ -149,12 +150,13 @@ def class_counts(labels: Iterable[int]) -> np.ndarray:
   return np.bincount(np.asarray(list(labels), np.int64), minlength=len(EMOTIONS))
 
 
-# 'train': one mean/std per coefficient from the train split (inductive, the usual choice).
-# 'clip': per-clip cepstral mean and variance normalisation over the clip's 156 frames (inductive).
-# 'speaker': per-actor mean/std over all of that actor's clips, including the test actors' (unlabelled)
-#   audio: transductive speaker normalisation, common in speech-emotion papers; reported separately.
+# 'train': one mean/std per coefficient from the train split's clips and frames (the fast recipe).
+# 'clip': per-clip cepstral mean and variance normalisation over the clip's 156 frames.
 # 'none': raw MFCCs, as the original.
-NORMALIZATIONS = ("train", "clip", "speaker", "none")
+# All three are inductive: no statistic reads a clip outside the training split (or the clip itself).
+# A transductive per-speaker normalisation (over the test actors' audio too) was tried and dropped: it
+# lets test actors' clips into the statistics.
+NORMALIZATIONS = ("train", "clip", "none")
 
 
 def normalize_clips(mfcc: np.ndarray, mode: str, stats: Optional[Dict] = None) -> np.ndarray:
@@ -168,116 +170,17 @@ def normalize_clips(mfcc: np.ndarray, mode: str, stats: Optional[Dict] = None) -
   elif mode == "clip":
     x = (x - x.mean(axis=-2, keepdims=True)) / (x.std(axis=-2, keepdims=True) + 1e-6)
   elif mode != "none":
-    raise ValueError(f"normalize={mode!r} cannot be applied clip by clip; expected 'train', 'clip' or 'none'")
+    raise ValueError(f"normalize={mode!r}; expected one of {NORMALIZATIONS}")
   return x.astype(np.float32)
 
 
 def normalize_mfcc(parts, mode: str):
-  """Normalised copies of each split's MFCCs (see NORMALIZATIONS) and the statistics used ('train' only)."""
+  """Normalised copies of each split's MFCCs (see NORMALIZATIONS) and the statistics used ('train' only:
+  mean and std per coefficient over the training split's clips and frames, nothing else)."""
   if mode not in NORMALIZATIONS:
     raise ValueError(f"normalize={mode!r}; expected one of {NORMALIZATIONS}")
   stats = {}
   if mode == "train":
     train_mfcc = parts["train"]["mfcc"]
     stats = {"mean": train_mfcc.mean(axis=(0, 1)).tolist(), "std": (train_mfcc.std(axis=(0, 1)) + 1e-6).tolist()}
-  if mode != "speaker":
-    return {name: normalize_clips(p["mfcc"], mode, stats) for name, p in parts.items()}, stats
-  out = {}
-  for name, p in parts.items():
-    x = p["mfcc"].astype(np.float64)
-    for actor in np.unique(p["actor"]):
-      rows = p["actor"] == actor
-      x[rows] = (x[rows] - x[rows].mean(axis=(0, 1))) / (x[rows].std(axis=(0, 1)) + 1e-6)
-    out[name] = x.astype(np.float32)
-  return out, stats
-
-
-# ----------------------------------------------------------------------------------------------- VTLP
-# Vocal tract length perturbation (Jaitly & Hinton 2013): the mel filterbank reads the spectrum through a
-# piecewise-linear frequency warp f -> alpha * f (kept inside [0, Nyquist] above a boundary frequency), which
-# moves formants as a shorter (alpha > 1) or longer (alpha < 1) vocal tract would. With 16 training speakers,
-# warped copies of each clip act as more speakers. Computed offline, once per clip and factor, from the
-# same power spectrogram as the original's MFCC (alpha = 1 reproduces `mfcc_features` exactly).
-VTLP_BOUNDARY_HZ = 4800.0
-# The factors computed for training (`load_vtlp_mfcc`): 0.8 .. 1.2 in steps of 0.025 (17, including 1.0).
-VTLP_ALPHAS = tuple(round(0.8 + 0.025 * i, 3) for i in range(17))
-
-
-def vtlp_warp(freqs: np.ndarray, alpha: float, sr: int = SAMPLE_RATE, boundary_hz: float = VTLP_BOUNDARY_HZ):
-  """Warped frequencies: alpha * f below f0 = boundary * min(alpha, 1) / alpha, then the straight line from
-  (f0, alpha * f0) to (Nyquist, Nyquist), so the warp is continuous, monotonic and keeps 0 and Nyquist."""
-  nyquist = sr / 2.0
-  f0 = boundary_hz * min(alpha, 1.0) / alpha
-  freqs = np.asarray(freqs, np.float64)
-  high = nyquist - (nyquist - alpha * f0) / (nyquist - f0) * (nyquist - freqs)
-  return np.where(freqs <= f0, alpha * freqs, high)
-
-
-def warped_mel_basis(alpha: float, sr: int = SAMPLE_RATE) -> np.ndarray:
-  """librosa.filters.mel with the original's settings (128 Slaney-normalised bands, 0..Nyquist), evaluated
-  at the VTLP-warped frequency of every FFT bin: (128, 1025)."""
-  import librosa
-
-  s = shared_audio.MFCC_SETTINGS
-  fftfreqs = vtlp_warp(librosa.fft_frequencies(sr=sr, n_fft=s["n_fft"]), alpha, sr)
-  mel_f = librosa.mel_frequencies(s["n_mels"] + 2, fmin=s["fmin"], fmax=sr / 2.0, htk=s["htk"])
-  fdiff = np.diff(mel_f)
-  ramps = np.subtract.outer(mel_f, fftfreqs)
-  lower = -ramps[:-2] / fdiff[:-1, None]
-  upper = ramps[2:] / fdiff[1:, None]
-  weights = np.maximum(0.0, np.minimum(lower, upper))
-  weights *= (2.0 / (mel_f[2:] - mel_f[:-2]))[:, None]  # Slaney: about constant energy per band
-  return weights.astype(np.float32)
-
-
-def vtlp_mfccs(waveform: np.ndarray, alphas: Sequence[float]) -> np.ndarray:
-  """(len(alphas), 156, 10) MFCCs of one 3.6 s waveform, one per warp factor, from a single STFT."""
-  import librosa
-  import scipy.fft
-
-  s = shared_audio.MFCC_SETTINGS
-  power = np.abs(librosa.stft(np.asarray(waveform, np.float32), n_fft=s["n_fft"], hop_length=s["hop_length"],
-                              win_length=s["win_length"], window=s["window"], center=s["center"],
-                              pad_mode=s["pad_mode"])) ** s["power"]
-  out = []
-  for alpha in alphas:
-    log_mel = librosa.power_to_db(warped_mel_basis(alpha) @ power, **shared_audio.DB_SETTINGS)
-    coeffs = scipy.fft.dct(log_mel, axis=-2, type=s["dct_type"], norm=s["norm"])[:NUM_MFCC]
-    out.append(coeffs.T)
-  return np.ascontiguousarray(np.stack(out), np.float32)
-
-
-def _clip_vtlp(args):
-  path, alphas = args
-  return vtlp_mfccs(load_waveform(path), alphas)
-
-
-def load_vtlp_mfcc(root: PathLike, alphas: Sequence[float], cache_path: Optional[PathLike] = None,
-                   num_workers: int = 2, use_cache: bool = True) -> np.ndarray:
-  """(N, len(alphas), 156, 10) VTLP-warped MFCCs of every clip under `root`, in `load_ravdess_audio`'s
-  order, cached beside its features (the key adds the warp factors)."""
-  alphas = tuple(float(a) for a in alphas)
-  files = list_audio_files(root)
-  stems = np.array([p.name.split(".")[0] for p in files])
-  if cache_path is None:
-    base = default_cache_path(root, files)
-    tag = hashlib.sha1(repr((alphas, VTLP_BOUNDARY_HZ)).encode()).hexdigest()[:8]
-    cache_path = base.with_name(base.stem + f"_vtlp_{tag}.npz")
-  cache_path = Path(cache_path)
-  if use_cache and cache_path.is_file():
-    with np.load(cache_path, allow_pickle=False) as cached:
-      if (str(cached["version"]) == FEATURE_VERSION and np.array_equal(cached["stem"], stems)
-          and np.array_equal(cached["alphas"], np.array(alphas))):
-        return cached["mfcc"].astype(np.float32)
-  jobs = [(p, alphas) for p in files]
-  if num_workers <= 1:
-    mfcc = np.stack([_clip_vtlp(j) for j in jobs])
-  else:
-    with ProcessPoolExecutor(max_workers=num_workers) as pool:
-      mfcc = np.stack(list(pool.map(_clip_vtlp, jobs, chunksize=16)))
-  if use_cache:
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_path.with_name(cache_path.name + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, mfcc=mfcc, stem=stems, alphas=np.array(alphas), version=np.array(FEATURE_VERSION))
-    os.replace(tmp, cache_path)
-  return mfcc
+  return {name: normalize_clips(p["mfcc"], mode, stats) for name, p in parts.items()}, stats

@@ -3,27 +3,40 @@
 Layout in the workdir:
   checkpoints/<step>/{state,meta}   the latest N: TrainState + JSON (step, epoch, position, model)
   best/<step>/{state,meta}          the one with the highest validation accuracy
-  model.json                        what the run trains (model, fusion, shapes); a workdir of another
-                                    model is refused before anything is compiled
+  model.json                        what the run trains (model, fusion, shapes)
+  config.json, fingerprint.json     the whole resolved config and the sha256 of its run identity (all
+                                    but logging/saving/distribution keys): resuming with another config
+                                    is refused before anything is compiled, naming the differing keys
 The data position and the RNG need no state of their own: the batch order is a function of
 (seed, epoch) and every random draw of step s is keyed by (seed, s), so the step restores both.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any, Dict, Optional
 
+from absl import logging
+from etils import epath
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 MODEL_KEYS = ("model", "fusion", "num_heads", "num_classes", "num_frames", "image_size")
+CONFIG_FILE = "config.json"
+FINGERPRINT_FILE = "fingerprint.json"
+# Keys that change how a run is logged, saved or spread over machines, not what it computes: they may differ
+# between a run and its resumption. Everything else (data, protocol, optimiser, schedule, model, seed) is the
+# run's identity.
+RUN_INDEPENDENT_KEYS = ("log_every_steps", "progress_bar", "keep_checkpoints", "checkpoint_every_steps",
+                        "eval_batch_size", "evaluate_test", "data.cache", "compilation_cache_dir")
+RUN_INDEPENDENT_PREFIXES = ("distributed.",)
 
 
 class CheckpointMismatchError(ValueError):
-  """The workdir holds a run of another model."""
+  """The workdir holds a run of another model or config."""
 
 
 def model_descriptor(config) -> Dict[str, Any]:
@@ -33,21 +46,82 @@ def model_descriptor(config) -> Dict[str, Any]:
   return out
 
 
-def check_workdir(workdir: str, config) -> bool:
-  """True if the workdir already holds this model's run; raises CheckpointMismatchError for another model."""
-  path = os.path.join(workdir, "model.json")
-  if not os.path.exists(path):
+def _flatten(tree, prefix=""):
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[prefix + key] = value
+  return out
+
+
+def run_identity(config_json: Dict[str, Any]) -> Dict[str, Any]:
+  """The flattened resolved config (as JSON: tuples are lists) without the run-independent keys."""
+  return {k: v for k, v in sorted(_flatten(config_json).items())
+          if k not in RUN_INDEPENDENT_KEYS and not k.startswith(RUN_INDEPENDENT_PREFIXES)}
+
+
+def config_as_json(config) -> Dict[str, Any]:
+  return json.loads(config.to_json_best_effort())
+
+
+def fingerprint(config) -> str:
+  """sha256 of the run identity of a config (ConfigDict or its JSON dict)."""
+  tree = config if isinstance(config, dict) else config_as_json(config)
+  return hashlib.sha256(json.dumps(run_identity(tree), sort_keys=True).encode()).hexdigest()
+
+
+def _difference(stored: Dict[str, Any], wanted: Dict[str, Any]) -> str:
+  missing = object()
+  keys = sorted(k for k in set(stored) | set(wanted) if stored.get(k, missing) != wanted.get(k, missing))
+  show = lambda d, k: repr(d[k]) if k in d else "(absent)"
+  return ", ".join(f"{k}: workdir {show(stored, k)} vs config {show(wanted, k)}" for k in keys)
+
+
+def check_workdir(workdir: str, config, allow_change: bool = False) -> bool:
+  """True if the workdir already holds this run; False for a new workdir. Runs before any compilation.
+
+  The workdir's config.json (written when the run started) must have the same run identity as `config`;
+  otherwise CheckpointMismatchError names the differing keys, unless `allow_change` (then the stored config
+  is kept as config.previous.json and config.json is rewritten by `write_config`). A workdir written
+  before config fingerprints has only its model.json checked."""
+  root = epath.Path(workdir)
+  stored_path, model_path = root / CONFIG_FILE, root / "model.json"
+  if stored_path.exists():
+    stored = run_identity(json.loads(stored_path.read_text()))
+    wanted = run_identity(config_as_json(config))
+    if stored == wanted:
+      return True
+    diff = _difference(stored, wanted)
+    if not allow_change:
+      raise CheckpointMismatchError(
+          f"workdir {workdir} holds a run with another config ({diff}). Use a new --workdir, the config that "
+          "wrote it, or --resume_with_changed_config to continue this run with the new config.")
+    logging.warning("resuming %s with a changed config (%s)", workdir, diff)
+    if jax.process_index() == 0:
+      (root / "config.previous.json").write_text(stored_path.read_text())
+    return True
+  if not model_path.exists():
     return False
-  with open(path) as f:
-    stored = json.load(f)
+  stored = json.loads(model_path.read_text())
   wanted = model_descriptor(config)
   if stored != wanted:
-    diff = ", ".join(f"{k}: checkpoint {stored.get(k)!r} vs config {wanted.get(k)!r}"
-                     for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k))
     raise CheckpointMismatchError(
-        f"workdir {workdir} holds checkpoints of another model ({diff}). Use a new --workdir, or the "
-        "config that wrote it.")
+        f"workdir {workdir} holds checkpoints of another model ({_difference(stored, wanted)}). Use a new "
+        "--workdir, or the config that wrote it.")
   return True
+
+
+def write_config(workdir: str, config):
+  """config.json (the whole resolved config: `evaluate` and `predict` read it) and fingerprint.json."""
+  if jax.process_index() != 0:
+    return
+  root = epath.Path(workdir)
+  tree = config_as_json(config)
+  (root / CONFIG_FILE).write_text(json.dumps(tree, indent=1))
+  (root / FINGERPRINT_FILE).write_text(json.dumps({"sha256": fingerprint(tree),
+                                                    "identity": run_identity(tree)}, indent=1))
 
 
 def write_model_json(workdir: str, config):

@@ -144,7 +144,7 @@ def _audio_folder_source(config, process_index, process_count):
     raise DataError(f"audio folder {path!r}: {error}") from error
   if len(data["label"]) == 0:
     raise DataError(f"audio folder {path!r} holds no RAVDESS audio files")
-  parts = audio_data.split_by_protocol(data, config.data.protocol, seed=config.seed)
+  parts = audio_data.split_by_protocol(data, config.data.protocol)
   if config.data.get("train_on_validation", False):
     parts = with_validation_in_train(parts)  # before normalising: 'train' statistics cover the 20 actors
   normalize = config.data.get("normalize", "none")

@@ -3,12 +3,24 @@
 - `fold1` .. `fold5`: the actor-independent 5-fold protocol of Chumachenko et al. (their first commit's
   comment; spec 1.7): test = 4 consecutive actors, validation = the next 4 (wrapping), train = the other 16.
   Fold 3's published list has a typo ('9' for '19'); we use the evident intent (train 17-24 and 1-8).
+  Its test folds cover actors 1-20 only: actors 21-24 are never tested (fold 5 validates on them).
+- `fold6`: the same construction continued (test 21-24, validation 1-4, train 5-20), so that the six folds
+  `fold1` .. `fold6` (fold set 'all24') test every actor exactly once.
 - `original`: the split the public AVTCA/CH code runs (sorted actor folders): test 1-4, val 5-8, train 9-24.
   Identical to fold 1.
 - `released`: the split of Chumachenko et al.'s released RAVDESS models: test 5, 10, 16, 19; val 11, 13, 18, 22.
-- `paper_random`: the AVT-CA paper's random 80/20 train/validation split of clips. It LEAKS actors (and, when
-  the video-only copies are used, identical utterances) between train and test; reported only to compare with
-  the paper's numbers. Its "test" is the 20% part (there is no separate validation set).
+- `paper_random`: the AVT-CA paper's random 80/20 train/test split of clips, one fixed permutation
+  (`PAPER_RANDOM_SEED`) of the clips in canonical order, the same from every data source. It LEAKS actors
+  (and, when the video-only copies are used, identical utterances) between train and test; reported only to
+  compare with the paper's numbers. It has no validation part (the paper states none).
+- `inner_<outer>_<j>` (for example `inner_fold2_3`): nested cross-validation inside an actor protocol's
+  training actors (`avtca_jax.cross_validation --nested`). The outer protocol's 16 training actors, in
+  order, make `INNER_FOLDS` groups of 4; inner fold j tests on group j and trains on the other 12. The
+  outer protocol's validation and test actors are in no part of it.
+
+Every choice that applies to several folds (recipe, learning rate, normalisation, epochs) may only be made on
+inner protocols; an outer fold's own validation actors may pick that fold's epoch, never anything shared by
+the folds, since in the 5-fold protocol they are the next fold's test actors (docs/training.md).
 """
 
 from __future__ import annotations
@@ -19,49 +31,85 @@ import numpy as np
 
 ACTORS = tuple(range(1, 25))
 NUM_FOLDS = 5
-ACTOR_PROTOCOLS = tuple(f"fold{k}" for k in range(1, NUM_FOLDS + 1)) + ("original", "released")
+ACTORS_PER_GROUP = 4
+INNER_FOLDS = 4
+PAPER_RANDOM_SEED = 0  # the one permutation of `paper_random`, whatever the training seed
+FOLD_PROTOCOLS = tuple(f"fold{k}" for k in range(1, len(ACTORS) // ACTORS_PER_GROUP + 1))  # fold1 .. fold6
+ACTOR_PROTOCOLS = FOLD_PROTOCOLS + ("original", "released")
 PROTOCOLS = ACTOR_PROTOCOLS + ("paper_random",)
+# Sets of folds that `cross_validation` runs: Chumachenko's five (actors 1-20 tested) and all six (every
+# actor tested once). The first five folds are the same in both, so one workdir serves both sets.
+FOLD_SETS = {"chumachenko5": FOLD_PROTOCOLS[:NUM_FOLDS], "all24": FOLD_PROTOCOLS}
 
 
 def _block(start: int) -> List[int]:
   """Four consecutive actors starting at `start` (1-based), wrapping after 24."""
-  return [((start - 1 + i) % 24) + 1 for i in range(4)]
+  return [((start - 1 + i) % 24) + 1 for i in range(ACTORS_PER_GROUP)]
+
+
+def inner_protocol(outer: str, inner_fold: int) -> str:
+  """The name of inner fold `inner_fold` (1..INNER_FOLDS) of an actor protocol's training actors."""
+  return f"inner_{outer}_{inner_fold}"
+
+
+def _parse_inner(protocol: str):
+  """('fold2', 3) for 'inner_fold2_3', else None."""
+  if not protocol.startswith("inner_"):
+    return None
+  outer, _, j = protocol[len("inner_"):].rpartition("_")
+  if not j.isdigit() or not 1 <= int(j) <= INNER_FOLDS or outer not in ACTOR_PROTOCOLS:
+    return None
+  return outer, int(j)
+
+
+def is_protocol(protocol: str) -> bool:
+  return protocol in PROTOCOLS or _parse_inner(protocol) is not None
 
 
 def fold_actors(protocol: str) -> Dict[str, List[int]]:
   """{'train': [...], 'validation': [...], 'test': [...]} actor ids (1..24) for an actor-level protocol."""
-  if protocol.startswith("fold") and protocol[4:].isdigit() and 1 <= int(protocol[4:]) <= NUM_FOLDS:
-    k = int(protocol[4:])
+  inner = _parse_inner(protocol)
+  if inner is not None:
+    outer_train = fold_actors(inner[0])["train"]
+    j = inner[1] - 1
+    size = len(outer_train) // INNER_FOLDS
+    test = outer_train[j * size:(j + 1) * size]
+    return {"train": [a for a in outer_train if a not in test], "validation": [], "test": test}
+  if protocol in FOLD_PROTOCOLS:
+    k = int(protocol[len("fold"):])
     test, validation = _block(4 * (k - 1) + 1), _block(4 * k + 1)
   elif protocol == "original":
     test, validation = _block(1), _block(5)
   elif protocol == "released":
     test, validation = [5, 10, 16, 19], [11, 13, 18, 22]
   else:
-    raise ValueError(f"unknown actor protocol {protocol!r}; expected one of {ACTOR_PROTOCOLS}")
+    raise ValueError(f"unknown actor protocol {protocol!r}; expected one of {ACTOR_PROTOCOLS} or "
+                     "inner_<protocol>_<1..4>")
   train = [a for a in ACTORS if a not in test and a not in validation]
   return {"train": train, "validation": validation, "test": test}
 
 
-def assign_split(protocol: str, actors: Sequence[int], seed: int = 0, test_fraction: float = 0.2) -> np.ndarray:
+def assign_split(protocol: str, actors: Sequence[int], test_fraction: float = 0.2) -> np.ndarray:
   """Split name ('train' / 'validation' / 'test') for each clip, given each clip's actor id.
 
-  For 'paper_random' the assignment is a seeded permutation of the clips (deterministic for a given list
-  order and seed); callers should pass clips in a canonical (sorted) order.
+  For 'paper_random' the assignment is the fixed permutation `PAPER_RANDOM_SEED` of the clips: callers
+  pass clips in canonical (sorted by name) order, so every source draws the same split.
   """
   actors = np.asarray(actors)
   if protocol == "paper_random":
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(PAPER_RANDOM_SEED)
     order = rng.permutation(len(actors))
     num_test = int(round(test_fraction * len(actors)))
     out = np.full(len(actors), "train", dtype=object)
     out[order[:num_test]] = "test"
     return out
   groups = fold_actors(protocol)
-  out = np.empty(len(actors), dtype=object)
+  out = np.full(len(actors), None, dtype=object)
   for name, members in groups.items():
     out[np.isin(actors, members)] = name
-  unknown = [int(a) for a in actors[[o is None for o in out]]]
-  if unknown:
-    raise ValueError(f"actor ids outside 1..24: {sorted(set(unknown))}")
+  outside = [int(a) for a in actors[[o is None for o in out]] if int(a) not in ACTORS]
+  if outside:
+    raise ValueError(f"actor ids outside 1..24: {sorted(set(outside))}")
+  # Inner protocols leave the outer validation and test actors out of every part.
+  out[[o is None for o in out]] = "unused"
   return out

@@ -22,7 +22,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, NamedTuple, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -87,8 +87,9 @@ def validate_config(config) -> None:
   for key, allowed in choices.items():
     if config[key] not in allowed:
       raise ConfigError(f"config.{key}={config[key]!r}: expected one of {allowed}")
-  if config.data.protocol not in splits.PROTOCOLS:
-    raise ConfigError(f"config.data.protocol={config.data.protocol!r}: expected one of {splits.PROTOCOLS}")
+  if not splits.is_protocol(config.data.protocol):
+    raise ConfigError(f"config.data.protocol={config.data.protocol!r}: expected one of {splits.PROTOCOLS} "
+                      "or inner_<protocol>_<1..4>")
   if config.batch_size <= 0:
     raise ConfigError(f"config.batch_size must be positive, got {config.batch_size}")
 
@@ -161,13 +162,40 @@ def create_learning_rate_fn(config, steps_per_epoch: int) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, base, warmup_steps), main], [warmup_steps])
 
 
+class DampenedMomentumState(NamedTuple):
+  count: Array  # steps taken: the first one starts the buffer
+  momentum: Any
+
+
+def dampened_momentum(momentum: float, dampening: float) -> optax.GradientTransformation:
+  """PyTorch's SGD momentum buffer: b_1 = g_1, then b_t = momentum * b_{t-1} + (1 - dampening) * g_t.
+
+  The first step takes the whole gradient (PyTorch creates the buffer as a copy of it), not (1 - dampening)
+  of it as `optax.trace` after `optax.scale(1 - dampening)` would: with dampening 0.9 that made our first
+  step 10x smaller than the original's."""
+
+  def init(params):
+    return DampenedMomentumState(count=jnp.zeros([], jnp.int32), momentum=jax.tree.map(jnp.zeros_like, params))
+
+  def update(updates, state, params=None):
+    del params
+    first = state.count == 0
+    buffer = jax.tree.map(lambda g, b: jnp.where(first, g, momentum * b + (1.0 - dampening) * g).astype(b.dtype),
+                          updates, state.momentum)
+    return buffer, DampenedMomentumState(count=optax.safe_increment(state.count), momentum=buffer)
+
+  return optax.GradientTransformation(init, update)
+
+
 def create_optimizer(config, learning_rate_fn) -> optax.GradientTransformation:
   """'sgd': PyTorch SGD(momentum, dampening, weight_decay) as the original (spec 5): L2 added to the
-  gradient, then an exponential average (dampening 0.9 = momentum 0.9). 'adam': the paper's Adam with
-  PyTorch-style L2 weight decay. 'adamw': Adam with decoupled weight decay on the kernels only."""
+  gradient, then PyTorch's momentum buffer (`dampened_momentum`), the same from the first step. 'adam': the
+  paper's Adam with PyTorch-style L2 weight decay. 'adamw': Adam with decoupled weight decay on the kernels
+  only."""
   if config.optimizer == "sgd":
-    return optax.chain(optax.add_decayed_weights(config.weight_decay), optax.scale(1.0 - config.dampening),
-                       optax.trace(decay=config.momentum), optax.scale_by_learning_rate(learning_rate_fn))
+    return optax.chain(optax.add_decayed_weights(config.weight_decay),
+                       dampened_momentum(config.momentum, config.dampening),
+                       optax.scale_by_learning_rate(learning_rate_fn))
   if config.optimizer == "adamw":  # decoupled decay, not on biases and norm scales/offsets
     return optax.adamw(learning_rate_fn, weight_decay=config.weight_decay,
                        mask=lambda params: jax.tree.map(lambda x: x.ndim > 1, params))
@@ -400,13 +428,17 @@ class StopRequest:
 # ---- Loop ----------------------------------------------------------------------------------------------
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-  """Runs (or resumes) training in `workdir`; returns the final validation / test metrics."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       allow_config_change: bool = False) -> Dict[str, Any]:
+  """Runs (or resumes) training in `workdir`; returns the final validation / test metrics and 'status'.
+
+  A workdir is one run: resuming it with a config of another run identity (`checkpointing.fingerprint`)
+  stops here, before any compilation, naming the differing keys, unless `allow_config_change`."""
   # Setup: everything that can fail on a bad input fails here, before any compilation.
   validate_config(config)
   compilation_cache.enable(config.compilation_cache_dir)
   workdir = os.path.abspath(workdir)
-  checkpointing.check_workdir(workdir, config)
+  same_run = checkpointing.check_workdir(workdir, config, allow_change=allow_config_change)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
 
@@ -438,6 +470,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   num_steps = total_train_steps(config, steps_per_epoch)
   has_eval = source.num_examples(config.data.eval_split) > 0
 
+  # The run's identity, once the config and data have passed every check (still before any compilation).
+  if not same_run or allow_config_change:
+    checkpointing.write_config(workdir, config)
+
   # Model and optimizer.
   model = create_model(config, mesh_platform(mesh))
   learning_rate_fn = create_learning_rate_fn(config, steps_per_epoch)
@@ -455,8 +491,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     state = create_train_state(config, model, tx, mesh)
     checkpointing.write_model_json(workdir, config)
     if is_main:
-      with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=1))
       normalization = getattr(source, "mfcc_normalization", {"mode": "none"})
       if normalization["mode"] != "none":  # predict applies the same statistics to new clips
         with open(os.path.join(workdir, data_sources.NORMALIZATION_FILE), "w") as f:
@@ -591,6 +625,8 @@ def define_flags():
   config_flags.DEFINE_config_file("config", None, "Training config (configs/ravdess.py[:variant]).",
                                   lock_config=True)
   flags.DEFINE_bool("verbose", False, "Library log messages (orbax, absl, jax, tfds) and full error tracebacks.")
+  flags.DEFINE_bool("resume_with_changed_config", False,
+                    "Resume a workdir whose stored config differs from this one (normally refused).")
 
 
 def main(argv):
@@ -600,7 +636,7 @@ def main(argv):
     config = FLAGS.config
     initialize_distributed(config)
     console.check_writable_folder(FLAGS.workdir)
-    train_and_evaluate(config, FLAGS.workdir)
+    train_and_evaluate(config, FLAGS.workdir, allow_config_change=FLAGS.resume_with_changed_config)
   except NonFiniteLossError as error:
     sys.exit(f"error: {error}")
   except Exception as error:  # a user error (config, data, workdir) is one line; a bug keeps its traceback

@@ -1,28 +1,33 @@
-"""Whole folds of audio-only training, the PyTorch original's recipe vs ours, side by side in one process.
+"""The PyTorch original's audio-only training loop on whole folds x seeds: the reference for our trainer.
 
-    python -m benchmarks.audio_fold --folds=1,2,3,4,5 --json=/tmp/audio_fold.json
+    python -m benchmarks.audio_fold --fold_set=chumachenko5 --seeds=0,1,2 --json=/tmp/torch_folds.json
 
-For each actor-independent fold of the 1440 real RAVDESS speech files (../shared/data/ravdess/
-audio_speech_22k), on the same MFCCs (`audio_data.load_ravdess_audio`, the original's librosa features):
+For each actor-independent fold (`avtca_jax.splits`, the same fold sets as `avtca_jax.cross_validation`)
+of the 1440 real RAVDESS speech files (`--audio_dir`, default $AVTCA_RAVDESS_DIR/audio_speech_22k), on the
+MFCCs our trainer reads (`audio_data.load_ravdess_audio`, the original's librosa features):
+the original's audio branch (`reference.torch_avtca.AudioCNNPool`: stage 1 + 2, mean over time, linear head)
+trained with the original's code path and recipe (spec 5): raw MFCCs, SGD 0.06, momentum 0.9, dampening 0.9,
+L2 1e-3, batch 8 shuffled, 100 epochs, `adjust_learning_rate` (x0.1 from epoch 40, 55, 65, 70, epochs
+counted from 1), validation after every epoch, the best epoch's parameters (strict '>') run on the test
+actors. `torch.manual_seed(seed)` as the original. Metrics are `avtca_jax.metrics.classification_metrics`
+(fractions), as for our runs.
 
-- `torch`: the original's audio branch (`reference.torch_avtca.AudioCNNPool`: stage 1 + 2, mean over time,
-  linear head) trained with the original's code path and recipe (spec 5): raw MFCCs, SGD 0.06, momentum
-  0.9, dampening 0.9, L2 1e-3, batch 8 shuffled, 100 epochs, `adjust_learning_rate` (x0.1 from epoch 40,
-  55, 65, 70, epochs counted from 1), validation after every epoch, the best epoch's parameters (strict '>')
-  run on the test actors. `torch.manual_seed(seed)` as the original.
-- `jax`: `avtca_jax.audio_recipe.train_fold` with a recipe (`--recipe`, default 'audio', `--set` overrides).
+Time: the MFCCs are held in memory (the bare loop). The original as it ships computes every clip's MFCCs
+with librosa in each `__getitem__`; `--per_clip_features=N` times that on N clips and reports the estimate
+bare loop + 100 epochs x (train + validation clips) x seconds per clip ('as it ships', an estimate).
 
-The MFCCs are held in memory for both. The original computes them with librosa in every `__getitem__`,
-which is part of its ~5 minutes per fold on this machine; here PyTorch is spared that, so the time ratio
-is a lower bound on our advantage over the original as published. Wall seconds include JAX compilation.
-The two runs of a fold follow each other (PyTorch first), so both see the same machine; the ratio is
-reported per fold and as the median over folds.
+Our side runs separately through the one trainer (`python -m avtca_jax.cross_validation`, same folds and
+seeds); `--compare=NAME=DIR,...` prints the side-by-side table over the runs all of them finished:
+
+    python -m benchmarks.audio_fold --json=/tmp/torch_folds.json --compare=fast=/tmp/audio_cv,original=/tmp/audio_orig Every finished run is written to `--json`
+at once, and rerunning with the same `--json` skips the runs already there.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 
@@ -40,7 +45,7 @@ def train_fold_torch(parts, epochs: int = 100, seed: int = 1, batch_size: int = 
   """The original's audio-only training on one fold's {'train','validation','test'} arrays (raw MFCCs)."""
   import torch
 
-  from avtca_jax import audio_recipe
+  from avtca_jax import metrics
   from avtca_jax.reference.torch_avtca import AudioCNNPool
 
   start = time.perf_counter()
@@ -54,10 +59,10 @@ def train_fold_torch(parts, epochs: int = 100, seed: int = 1, batch_size: int = 
                     torch.from_numpy(p["label"].astype(np.int64))) for name, p in parts.items()}
   x_train, y_train = tensors["train"]
 
-  def predict(x):
+  def logits_of(x):
     model.eval()
     with torch.no_grad():
-      return torch.cat([model(x[i:i + 64]) for i in range(0, len(x), 64)]).argmax(-1).numpy()
+      return torch.cat([model(x[i:i + 64]) for i in range(0, len(x), 64)]).numpy()
 
   best_accuracy, best_epoch, best_state, history = -1.0, None, None, []
   for epoch in range(1, epochs + 1):
@@ -71,7 +76,7 @@ def train_fold_torch(parts, epochs: int = 100, seed: int = 1, batch_size: int = 
       loss = loss_fn(model(x_train[index]), y_train[index])
       loss.backward()
       optimizer.step()
-    accuracy = 100.0 * float(np.mean(predict(tensors["validation"][0]) == parts["validation"]["label"]))
+    accuracy = float(np.mean(logits_of(tensors["validation"][0]).argmax(-1) == parts["validation"]["label"]))
     history.append(accuracy)
     if accuracy > best_accuracy:  # the original saves the model on a strictly better validation accuracy
       best_accuracy, best_epoch = accuracy, epoch
@@ -79,72 +84,184 @@ def train_fold_torch(parts, epochs: int = 100, seed: int = 1, batch_size: int = 
   model.load_state_dict(best_state)
   result = {"best_epoch": best_epoch, "validation_history": history}
   for split in ("validation", "test"):
-    result[split] = audio_recipe.classification_metrics(parts[split]["label"], predict(tensors[split][0]))
+    result[split] = metrics.classification_metrics(logits_of(tensors[split][0]), parts[split]["label"], 8)
   result["seconds"] = time.perf_counter() - start
   return result
 
 
-def measure(folds=(1, 2, 3, 4, 5), epochs: int = 100, seed: int = 1, recipe: str = "audio", overrides=None,
-            audio_dir=None) -> dict:
+def per_clip_feature_seconds(audio_dir, num_clips: int) -> float:
+  """Seconds to load one clip and compute its MFCCs (what the original does in each `__getitem__`)."""
+  from avtca_jax import audio_data
+
+  files = audio_data.list_audio_files(audio_dir)
+  picked = [files[i] for i in np.linspace(0, len(files) - 1, num_clips + 1).astype(int)]
+  audio_data.clip_features(picked[0])  # librosa's first call compiles numba code: not counted
+  start = time.perf_counter()
+  for path in picked[1:]:
+    audio_data.clip_features(path)
+  return (time.perf_counter() - start) / num_clips
+
+
+def default_audio_dir() -> str:
+  root = os.environ.get("AVTCA_RAVDESS_DIR")
+  if not root:
+    raise SystemExit("error: set --audio_dir or AVTCA_RAVDESS_DIR (the RAVDESS folder holding audio_speech_22k)")
+  return os.path.join(root, "audio_speech_22k")
+
+
+def measure(protocols, seeds, epochs: int = 100, audio_dir=None, json_path: str = "",
+            per_clip_features: int = 0) -> dict:
   import torch  # before TensorFlow/JAX threads start, as in benchmarks.audio_step
 
-  from avtca_jax import audio_data, audio_recipe
+  from avtca_jax import audio_data, splits
 
-  data = audio_data.load_ravdess_audio(audio_dir or audio_recipe.DEFAULT_AUDIO_DIR)
-  config = audio_recipe.make_config(recipe, **(overrides or {}))
-  rows = []
-  for k in folds:
-    protocol = f"fold{k}"
+  audio_dir = audio_dir or default_audio_dir()
+  data = audio_data.load_ravdess_audio(audio_dir)
+  result = {"runs": {}, "epochs": epochs, "seeds": list(seeds), "folds": list(protocols),
+            "tested_actors": sorted({a for p in protocols for a in splits.fold_actors(p)["test"]}),
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                        "torch_threads": torch.get_num_threads()},
+            "versions": {"torch": torch.__version__}}
+  if json_path and os.path.exists(json_path):
+    with open(json_path) as f:
+      result["runs"] = json.load(f).get("runs", {})
+  for protocol in protocols:
     parts = audio_data.split_by_protocol(data, protocol)
     parts = {name: {"mfcc": p["mfcc"], "label": p["label"]} for name, p in parts.items()}
-    original = train_fold_torch(parts, epochs=epochs, seed=seed)
-    ours = audio_recipe.train_fold(data, protocol, config)
-    row = {"protocol": protocol, "torch": original,
-           "jax": {key: ours[key] for key in ("validation", "test", "seconds", "best_epoch") if key in ours}}
-    row["time_ratio"] = ours["seconds"] / original["seconds"]
-    rows.append(row)
-    print(f"{protocol}: original {original['test']['accuracy']:.1f}% (epoch {original['best_epoch']}) in "
-          f"{original['seconds']:.0f} s | ours {ours['test']['accuracy']:.1f}% in {ours['seconds']:.0f} s "
-          f"({row['time_ratio']:.3f}x)", flush=True)
-  return {"folds": rows, "epochs": epochs, "seed": seed, "recipe": recipe, "config": config,
-          "median_time_ratio": float(np.median([r["time_ratio"] for r in rows])),
-          "machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count()},
-          "versions": {"torch": torch.__version__, "jax": __import__("jax").__version__}}
+    for seed in seeds:
+      key = f"{protocol}/seed{seed}"
+      if key in result["runs"]:
+        continue
+      run = train_fold_torch(parts, epochs=epochs, seed=seed)
+      result["runs"][key] = run
+      test = run["test"]
+      print(f"{key}: best epoch {run['best_epoch']}, test acc {100 * test['accuracy']:.2f} UAR "
+            f"{100 * test['uar']:.2f} F1 {100 * test['macro_f1']:.2f} in {run['seconds']:.0f} s", flush=True)
+      if json_path:
+        with open(json_path, "w") as f:
+          json.dump(result, f, indent=1)
+  if per_clip_features:
+    seconds = per_clip_feature_seconds(audio_dir, per_clip_features)
+    clips_per_epoch = int(sum(len(p["label"]) for name, p in
+                              audio_data.split_by_protocol(data, protocols[0]).items() if name != "test"))
+    result["as_it_ships"] = {"seconds_per_clip": seconds, "clips_per_epoch": clips_per_epoch,
+                             "added_seconds_per_fold": seconds * clips_per_epoch * epochs}
+  if json_path:
+    with open(json_path, "w") as f:
+      json.dump(result, f, indent=1)
+  return result
+
+
+def summary(result: dict) -> dict:
+  """{metric: {'mean', 'fold_std', 'seed_std'}} over complete folds, as `cross_validation.summarize`."""
+  from avtca_jax import cross_validation
+
+  runs = {}
+  for key, run in result["runs"].items():
+    protocol, seed = key.split("/seed")
+    runs.setdefault(protocol, {})[int(seed)] = {"both": run["test"]}
+  complete = max((len(v) for v in runs.values()), default=0)
+  runs = {p: v for p, v in runs.items() if len(v) == complete}
+  return cross_validation.summarize(runs)["both"] if runs else {}
 
 
 def markdown(result: dict) -> str:
-  rows = ["| fold | original: best epoch | original: test acc / UAR / F1 | original s | ours: test acc / UAR / F1 "
-          "| ours s | time ratio |", "| --- | ---: | --- | ---: | --- | ---: | ---: |"]
-  triple = lambda m: f"{m['accuracy']:.1f} / {m['uar']:.1f} / {m['macro_f1']:.1f}"
-  for r in result["folds"]:
-    rows.append(f"| {r['protocol']} | {r['torch']['best_epoch']} | {triple(r['torch']['test'])} | "
-                f"{r['torch']['seconds']:.0f} | {triple(r['jax']['test'])} | {r['jax']['seconds']:.0f} | "
-                f"{r['time_ratio']:.3f} |")
-  mean = lambda f: float(np.mean([f(r) for r in result["folds"]]))
-  rows.append(f"| mean | | {mean(lambda r: r['torch']['test']['accuracy']):.1f} | "
-              f"{mean(lambda r: r['torch']['seconds']):.0f} | {mean(lambda r: r['jax']['test']['accuracy']):.1f} | "
-              f"{mean(lambda r: r['jax']['seconds']):.0f} | median {result['median_time_ratio']:.3f} |")
+  rows = ["| fold | seed | best epoch | test acc | UAR | macro-F1 | seconds |",
+          "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+  for key, run in result["runs"].items():
+    protocol, seed = key.split("/seed")
+    t = run["test"]
+    rows.append(f"| {protocol} | {seed} | {run['best_epoch']} | {100 * t['accuracy']:.2f} | {100 * t['uar']:.2f} | "
+                f"{100 * t['macro_f1']:.2f} | {run['seconds']:.0f} |")
+  stats = summary(result)
+  if stats:
+    cell = lambda m: (f"{100 * stats[m]['mean']:.2f} ± {100 * stats[m]['fold_std']:.2f} (folds) ± "
+                      f"{100 * stats[m]['seed_std']:.2f} (seeds)")
+    seconds = np.mean([r["seconds"] for r in result["runs"].values()])
+    rows.append(f"| mean ± spreads | | | {cell('accuracy')} | {cell('uar')} | {cell('macro_f1')} | {seconds:.0f} |")
+  if "as_it_ships" in result:
+    s = result["as_it_ships"]
+    rows.append(f"\nAs it ships (estimate): + {s['seconds_per_clip'] * 1000:.1f} ms per clip x "
+                f"{s['clips_per_epoch']} clips x {result['epochs']} epochs = + {s['added_seconds_per_fold']:.0f} s "
+                "per fold")
   return "\n".join(rows)
 
 
+def compare(torch_result: dict, ours: dict) -> str:
+  """Side by side: the PyTorch loop and our cross_validation reports ({name: cross_validation.json dict}),
+  over the (fold, seed) runs that all of them finished. Per fold: the mean over seeds of test accuracy /
+  UAR / macro-F1; then each one's mean ± fold spread ± seed spread and mean seconds per run."""
+  from avtca_jax import cross_validation
+
+  runs = {"PyTorch original loop": {}}
+  seconds = {"PyTorch original loop": {}}
+  for key, run in torch_result["runs"].items():
+    protocol, seed = key.split("/seed")
+    runs["PyTorch original loop"].setdefault(protocol, {})[int(seed)] = {"both": run["test"]}
+    seconds["PyTorch original loop"][(protocol, int(seed))] = run["seconds"]
+  for name, report in ours.items():
+    runs[name], seconds[name] = {}, {}
+    for protocol, per_seed in report["runs"].items():
+      for seed, results in per_seed.items():
+        runs[name].setdefault(protocol, {})[int(seed)] = {"both": results["both"]}
+        seconds[name][(protocol, int(seed))] = report["seconds"][protocol][seed]
+  common = set.intersection(*({(p, s) for p, v in r.items() for s in v} for r in runs.values()))
+  protocols = sorted({p for p, _ in common}, key=lambda p: (len(p), p))
+  seeds = sorted({s for _, s in common})
+  complete = [p for p in protocols if all((p, s) in common for s in seeds)]
+  if not complete:
+    return "no (fold, seed) run finished by all"
+  names = list(runs)
+  triple = lambda rs: " / ".join(f"{100 * np.mean([r['both'][m] for r in rs]):.1f}"
+                                 for m in ("accuracy", "uar", "macro_f1"))
+  lines = [f"Test actors: {cross_validation._ranges(cross_validation.tested_actors(complete))}; seeds "
+           f"{', '.join(map(str, seeds))}; test accuracy / UAR / macro-F1 (%), mean over seeds.", "",
+           "| fold | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
+  for p in complete:
+    lines.append(f"| {p} | " + " | ".join(triple([runs[n][p][s] for s in seeds]) for n in names) + " |")
+  for metric, label in (("accuracy", "accuracy"), ("uar", "UAR"), ("macro_f1", "macro-F1")):
+    cells = []
+    for n in names:
+      stats = cross_validation.summarize({p: {s: runs[n][p][s] for s in seeds} for p in complete})["both"][metric]
+      cells.append(f"{100 * stats['mean']:.1f} ± {100 * stats['fold_std']:.1f} (folds) ± "
+                   f"{100 * stats['seed_std']:.1f} (seeds)")
+    lines.append(f"| {label}: mean ± spreads | " + " | ".join(cells) + " |")
+  lines.append("| seconds per fold (mean) | " + " | ".join(
+      f"{np.mean([seconds[n][(p, s)] for p in complete for s in seeds]):.0f}" for n in names) + " |")
+  return "\n".join(lines)
+
+
 def main(argv=None):
-  from avtca_jax import audio_recipe
+  from avtca_jax import splits
 
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--folds", default="1,2,3,4,5")
+  parser.add_argument("--fold_set", default="chumachenko5", choices=sorted(splits.FOLD_SETS))
+  parser.add_argument("--folds", default="", help="fold numbers of the fold set (default: all)")
+  parser.add_argument("--seeds", default="1", help="torch.manual_seed values (the original: 1)")
   parser.add_argument("--epochs", type=int, default=100, help="the original's epochs (100)")
-  parser.add_argument("--seed", type=int, default=1, help="torch.manual_seed of the original (1)")
-  parser.add_argument("--recipe", default="audio", choices=sorted(audio_recipe.RECIPES))
-  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override our recipe")
   parser.add_argument("--audio_dir", default=None)
-  parser.add_argument("--json", default="")
+  parser.add_argument("--json", default="", help="results file; rerunning skips the runs already in it")
+  parser.add_argument("--per_clip_features", type=int, default=0,
+                      help="time the original's per-clip MFCC on this many clips ('as it ships' estimate)")
+  parser.add_argument("--compare", default="",
+                      help="NAME=DIR,...: print the side-by-side table of --json (PyTorch) and these "
+                           "cross_validation workdirs over the runs all finished, and train nothing")
   args = parser.parse_args(argv)
-  result = measure([int(k) for k in args.folds.split(",")], epochs=args.epochs, seed=args.seed,
-                   recipe=args.recipe, overrides=audio_recipe.parse_overrides(args.set), audio_dir=args.audio_dir)
+  if args.compare:
+    with open(args.json) as f:
+      torch_result = json.load(f)
+    ours = {}
+    for item in args.compare.split(","):
+      name, directory = item.split("=", 1)
+      with open(os.path.join(directory, "cross_validation.json")) as f:
+        ours[name] = json.load(f)
+    print(compare(torch_result, ours))
+    return
+  every = splits.FOLD_SETS[args.fold_set]
+  protocols = [every[int(k) - 1] for k in args.folds.split(",")] if args.folds else list(every)
+  result = measure(protocols, [int(s) for s in args.seeds.split(",")], epochs=args.epochs,
+                   audio_dir=args.audio_dir, json_path=args.json, per_clip_features=args.per_clip_features)
   print(markdown(result))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":

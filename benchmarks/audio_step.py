@@ -2,7 +2,7 @@
 
     python -m benchmarks.audio_step --batch_size=8 --repeats=7 --steps=120
 
-What `avtca_jax.audio_recipe` spends its time on: one step is forward + backward + the original's dampened
+What an audio-only run of the trainer (`configs/ravdess.py:audio_only`) spends its time on: one step is forward + backward + the original's dampened
 SGD update of `AudioClassifier` (JAX, jit) and of `AudioCNNPool` (PyTorch, the original's module, eager),
 on the same random (batch, 156, 10) MFCCs. Each repeat times `--steps` consecutive steps per framework
 (one epoch of the 960 train clips at batch 8 is 120 steps), alternating the frameworks so that both see
@@ -30,15 +30,17 @@ def _jax_runner(batch_size: int, steps: int, num_eval: int, members: int = 1):
   import jax.numpy as jnp
   import optax
 
-  from avtca_jax import audio_recipe
+  from avtca_jax import train as train_lib
   from avtca_jax.models.avtca import AudioClassifier
+  from configs import ravdess
 
   model = AudioClassifier()
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(steps, batch_size, 156, 10)).astype(np.float32))
   y = jnp.asarray(rng.integers(0, 8, size=(steps, batch_size)).astype(np.int32))
   x_eval = jnp.asarray(rng.normal(size=(num_eval, 156, 10)).astype(np.float32))
-  optimizer = audio_recipe.make_optimizer(audio_recipe.make_config("audio"), steps_per_epoch=steps)
+  config = ravdess.get_config("audio_only")
+  optimizer = train_lib.create_optimizer(config, train_lib.create_learning_rate_fn(config, steps))
   if members > 1:  # K models with a leading member axis, each its own initialisation and batch
     variables = jax.vmap(lambda r: model.init(r, x[0, :1]))(jax.random.split(jax.random.PRNGKey(0), members))
     state = [variables["params"], variables["batch_stats"], jax.vmap(optimizer.init)(variables["params"])]

@@ -125,44 +125,34 @@ def test_real_folder_listing():
   np.testing.assert_array_equal(np.bincount(actors)[1:], [60] * 24)
 
 
-def test_vtlp_warp_is_monotonic_and_keeps_the_band_edges():
-  freqs = np.linspace(0.0, SAMPLE_RATE / 2, 2001)
-  for alpha in (0.8, 0.9, 1.0, 1.1, 1.2):
-    warped = audio_data.vtlp_warp(freqs, alpha)
-    assert warped[0] == 0.0 and abs(warped[-1] - SAMPLE_RATE / 2) < 1e-6
-    assert np.all(np.diff(warped) > 0)
-    low = freqs < 3000.0  # below the boundary frequency: a pure scaling
-    np.testing.assert_allclose(warped[low], alpha * freqs[low])
-  np.testing.assert_array_equal(audio_data.vtlp_warp(freqs, 1.0), freqs)
+def _parts():
+  rng = np.random.default_rng(0)
+  make = lambda n, actors: {"mfcc": (rng.normal(5.0, 3.0, (n, 156, 10)) * np.arange(1, 11)).astype(np.float32),
+                            "label": np.zeros(n, np.int32), "actor": np.repeat(actors, n // len(actors))}
+  return {"train": make(8, [1, 2]), "validation": make(4, [3]), "test": make(4, [4, 5])}
 
 
-def test_vtlp_identity_is_the_originals_mfcc_and_warps_move_formants():
-  import librosa
-  np.testing.assert_allclose(audio_data.warped_mel_basis(1.0), librosa.filters.mel(sr=SAMPLE_RATE, n_fft=2048),
-                             atol=1e-7)
-  y = crop_or_pad(_tone(3.0, freq=1000.0))
-  copies = audio_data.vtlp_mfccs(y, [1.0, 0.9, 1.1])
-  assert copies.shape == (3, 156, 10) and copies.dtype == np.float32
-  np.testing.assert_allclose(copies[0], audio_data.mfcc_features(y), rtol=1e-5, atol=1e-3)
-  # A 1000 Hz tone is read by the filterbank at alpha * 1000 Hz: its peak mel band moves down / up.
-  power = np.abs(librosa.stft(y, n_fft=2048, hop_length=512, center=True, pad_mode="reflect")) ** 2
-  peak = lambda alpha: int(np.argmax((audio_data.warped_mel_basis(alpha) @ power)[:, 78]))
-  mel_band_of = lambda hz: int(np.argmin(np.abs(librosa.mel_frequencies(130, fmax=SAMPLE_RATE / 2)[1:-1] - hz)))
-  assert peak(0.9) < peak(1.0) < peak(1.1)
-  assert abs(peak(1.1) - mel_band_of(1100.0)) <= 1 and abs(peak(0.9) - mel_band_of(900.0)) <= 1
-  assert np.abs(copies[1] - copies[0]).mean() > 1.0 and np.abs(copies[2] - copies[0]).mean() > 1.0
+def test_normalize_train_uses_train_statistics_only():
+  parts = _parts()
+  out, stats = audio_data.normalize_mfcc(parts, "train")
+  np.testing.assert_allclose(out["train"].mean(axis=(0, 1)), 0.0, atol=1e-5)
+  np.testing.assert_allclose(out["train"].std(axis=(0, 1)), 1.0, atol=1e-4)
+  mean, std = np.array(stats["mean"]), np.array(stats["std"])
+  np.testing.assert_allclose(out["test"], (parts["test"]["mfcc"] - mean) / std, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(out["test"].mean(axis=(0, 1)), 0.0, atol=1e-3)  # test data not re-centred
+  # Changing the validation and test clips changes no statistic.
+  moved = {k: (dict(v, mfcc=v["mfcc"] + 100.0) if k != "train" else v) for k, v in parts.items()}
+  assert audio_data.normalize_mfcc(moved, "train")[1] == stats
 
 
-def test_vtlp_features_are_cached(tmp_path, monkeypatch):
-  names = ["03-01-03-01-01-01-02", "03-01-08-02-02-01-01"]
-  _write_clips(tmp_path / "audio", names)
-  cache = tmp_path / "vtlp.npz"
-  warped = audio_data.load_vtlp_mfcc(tmp_path / "audio", (0.9, 1.0), cache_path=cache, num_workers=1)
-  assert warped.shape == (2, 2, 156, 10)
-  plain = audio_data.load_ravdess_audio(tmp_path / "audio", cache_path=tmp_path / "plain.npz", num_workers=1)
-  np.testing.assert_allclose(warped[:, 1], plain["mfcc"], rtol=1e-5, atol=1e-3)  # same clip order
-  monkeypatch.setattr(audio_data, "_clip_vtlp", lambda job: (_ for _ in ()).throw(AssertionError("recomputed")))
-  np.testing.assert_array_equal(audio_data.load_vtlp_mfcc(tmp_path / "audio", (0.9, 1.0), cache_path=cache,
-                                                          num_workers=1), warped)
-  with pytest.raises(AssertionError, match="recomputed"):  # other factors: not the cached features
-    audio_data.load_vtlp_mfcc(tmp_path / "audio", (0.8, 1.0), cache_path=cache, num_workers=1)
+def test_normalize_clip_and_none_and_no_transductive_mode():
+  parts = _parts()
+  clip, _ = audio_data.normalize_mfcc(parts, "clip")
+  np.testing.assert_allclose(clip["test"].mean(axis=1), 0.0, atol=1e-5)
+  np.testing.assert_allclose(clip["test"].std(axis=1), 1.0, atol=1e-4)
+  none, stats = audio_data.normalize_mfcc(parts, "none")
+  np.testing.assert_array_equal(none["train"], parts["train"]["mfcc"])
+  assert stats == {}
+  for mode in ("cmvn", "speaker"):  # 'speaker' read the test actors' audio: removed
+    with pytest.raises(ValueError, match=f"normalize='{mode}'"):
+      audio_data.normalize_mfcc(parts, mode)

@@ -96,25 +96,90 @@ def test_evaluate_command_line(trained_audio_workdir):
 
 
 def test_cross_validation_summary_by_hand():
+  """Folds x seeds: the mean, the spread over folds of the per-fold seed means and the spread over seeds of
+  the per-seed fold means, all sample standard deviations."""
   from avtca_jax import cross_validation
-  per_fold = {f"fold{k}": {"both": {"accuracy": a, "uar": a, "macro_f1": a, "loss": 1.0, "count": 10}}
-              for k, a in zip((1, 2, 3), (0.5, 0.6, 0.7))}
-  summary = cross_validation.summarize(per_fold)
-  assert summary["both"]["accuracy"]["mean"] == pytest.approx(0.6)
-  assert summary["both"]["accuracy"]["std"] == pytest.approx(0.1)  # sample std of 0.5, 0.6, 0.7
-  text = cross_validation.markdown(per_fold, summary)
-  assert "60.00 ± 10.00" in text and text.count("| fold") == 4  # the header and 3 folds
+  table = {"fold1": (0.5, 0.7), "fold2": (0.6, 0.6), "fold3": (0.7, 0.9)}  # (seed 0, seed 1)
+  runs = {fold: {seed: {"both": {"accuracy": a, "uar": a, "macro_f1": a, "loss": 1.0, "count": 10}}
+                 for seed, a in enumerate(values)} for fold, values in table.items()}
+  summary = cross_validation.summarize(runs)["both"]["accuracy"]
+  assert summary["mean"] == pytest.approx(4.0 / 6)
+  assert summary["fold_std"] == pytest.approx(np.std([0.6, 0.6, 0.8], ddof=1))
+  assert summary["seed_std"] == pytest.approx(np.std([0.6, 2.2 / 3], ddof=1))
+  text = cross_validation.markdown(runs, cross_validation.summarize(runs))
+  assert "Test actors: 1-12 (12 of 24" in text
+  assert "66.67 ± 11.55 (folds) ± 9.43 (seeds)" in text and text.count("| fold") == 10  # header, 6 runs, 3 means
 
 
-def test_cross_validation_runs_every_fold(tmp_path):
+def test_cross_validation_runs_folds_times_seeds_in_order(tmp_path):
   from avtca_jax import cross_validation
   config = _config(**{"model": "audio", "data.source": "synthetic", "num_train_steps": 6, "batch_size": 8,
                       "data.num_examples": 32})
+  report = cross_validation.run(config, str(tmp_path), folds=(1, 6), seeds=(0, 1), removals=[], fold_set="all24")
+  assert list(report["runs"]) == ["fold1", "fold6"] and all(set(r) == {0, 1} for r in report["runs"].values())
+  stored = json.loads((tmp_path / "fold6" / "seed1" / "config.json").read_text())
+  assert stored["data"]["protocol"] == "fold6" and stored["seed"] == 1
+  assert report["tested_actors"] == [1, 2, 3, 4, 21, 22, 23, 24] and report["status"] == "finished"
+  assert "(folds)" in (tmp_path / "cross_validation.md").read_text()
+  assert json.loads((tmp_path / "cross_validation.json").read_text())["summary"]["both"]["accuracy"]["seeds"] == 2
+
+
+def test_cross_validation_resumes_a_preempted_fold_and_never_starts_the_next(tmp_path, monkeypatch):
+  """A SIGTERM during fold 1 (simulated at its 3rd step) stops the cross-validation: fold 1 is not evaluated
+  and fold 2 not started. The rerun resumes fold 1 from its saved step and finishes both."""
+  from avtca_jax import cross_validation, train as train_lib
+  config = _config(**{"model": "audio", "data.source": "synthetic", "num_train_steps": 6, "batch_size": 8,
+                      "data.num_examples": 32, "evaluate_test": True})
+
+  class StopAtStep3(train_lib.StopRequest):
+    calls = 0
+
+    def should_stop(self, sync):
+      StopAtStep3.calls += 1
+      return StopAtStep3.calls == 3
+
+  monkeypatch.setattr(train_lib, "StopRequest", StopAtStep3)
+  with pytest.raises(cross_validation.Preempted, match="fold1"):
+    cross_validation.run(config, str(tmp_path), folds=(1, 2), removals=[])
+  partial = json.loads((tmp_path / "cross_validation.json").read_text())
+  assert partial["status"] == "preempted" and partial["runs"] == {}
+  assert not (tmp_path / "fold1" / "seed0" / "test_metrics.json").exists()
+  assert not (tmp_path / "fold2").exists()
+  saved = sorted(int(p.name) for p in (tmp_path / "fold1" / "seed0" / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved == [3]
+
   report = cross_validation.run(config, str(tmp_path), folds=(1, 2), removals=[])
-  assert set(report["per_fold"]) == {"fold1", "fold2"}
-  assert json.loads((tmp_path / "fold2" / "config.json").read_text())["data"]["protocol"] == "fold2"
-  assert (tmp_path / "cross_validation.md").read_text().count("mean ± std") == 1
-  assert json.loads((tmp_path / "cross_validation.json").read_text())["summary"]["both"]["accuracy"]["folds"] == 2
+  assert report["status"] == "finished" and set(report["runs"]) == {"fold1", "fold2"}
+  assert report["runs"]["fold1"][0]["both"]["count"] > 0
+  from avtca_jax.metric_writers import read_jsonl
+  steps = [r["step"] for r in read_jsonl(str(tmp_path / "fold1" / "seed0" / "metrics.jsonl")) if "train/loss" in r]
+  assert steps[0] <= 3 and 4 in steps and steps.count(3) == 1  # resumed after step 3, not restarted
+
+
+def test_nested_selection_sees_only_the_outer_training_actors(tmp_path, monkeypatch):
+  """Each candidate is scored on the inner folds of the outer fold's training actors; the chosen one
+  trains the outer fold. Training is replaced by a stub that records what it was given."""
+  from avtca_jax import cross_validation, splits
+  calls = []
+
+  def fake_train_and_test(config, workdir, removals, allow_config_change):
+    calls.append((config.data.protocol, config.learning_rate, config.seed))
+    accuracy = {0.03: 0.4, 0.06: 0.5}[config.learning_rate]
+    return {"both": {"accuracy": accuracy, "uar": accuracy, "macro_f1": accuracy, "loss": 1.0, "count": 4}}, 1.0
+
+  monkeypatch.setattr(cross_validation, "_train_and_test", fake_train_and_test)
+  config = _config(**{"model": "audio", "data.source": "synthetic"})
+  candidates = {"slow": {"learning_rate": 0.03}, "fast": {"learning_rate": 0.06}}
+  report = cross_validation.run(config, str(tmp_path), folds=(2,), seeds=(0, 1), removals=[], nested=candidates)
+  inner = [c for c in calls if c[0].startswith("inner_")]
+  assert len(inner) == 2 * splits.INNER_FOLDS and {c[2] for c in inner} == {0}
+  outer = splits.fold_actors("fold2")
+  for protocol, _, _ in inner:
+    parts = splits.fold_actors(protocol)
+    used = set(parts["train"]) | set(parts["test"])
+    assert used == set(outer["train"]) and not used & (set(outer["test"]) | set(outer["validation"]))
+  assert [c for c in calls if not c[0].startswith("inner_")] == [("fold2", 0.06, 0), ("fold2", 0.06, 1)]
+  assert report["nested"]["fold2"]["chosen"] == "fast"
 
 
 def test_predict_audio_clip(trained_audio_workdir, capsys):

@@ -186,19 +186,36 @@ RESUME = AUDIO + ["--config.batch_size=4", "--config.num_train_steps=500", "--co
                   "--config.log_every_steps=25", "--config.keep_checkpoints=3", "--config.data.num_examples=40"]
 
 
+# A trainer that SIGKILLs itself right after the checkpoint of a given step is on disk: the kill lands at a
+# known step whatever the machine's speed (a polling test could see the run finish first).
+KILL_AT_STEP = """
+import os, signal, sys
+from absl import app
+from avtca_jax import checkpointing, train
+save = checkpointing.Checkpoints.save
+def save_then_die(self, state, meta, *args, **kwargs):
+  save(self, state, meta, *args, **kwargs)
+  if int(meta["step"]) == int(os.environ["KILL_AT_STEP"]):
+    self.wait()
+    os.kill(os.getpid(), signal.SIGKILL)
+checkpointing.Checkpoints.save = save_then_die
+train.define_flags()
+app.run(train.main, argv=["train"] + sys.argv[1:])
+"""
+
+
 def test_sigkill_then_resume_gives_exactly_the_uninterrupted_parameters(tmp_path, compile_cache):
   train(tmp_path / "straight", *RESUME, cache=compile_cache)
   reference = final_state(tmp_path / "straight")
 
   workdir = tmp_path / "killed"
-  process = start(workdir, *RESUME, cache=compile_cache)
-  wait_for(lambda: any(s >= 50 for s in checkpoint_steps(workdir)), process)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  killed_at = max(checkpoint_steps(workdir))
-  assert killed_at < 500, "the run finished before it was killed: the test did not test resuming"
+  command = [sys.executable, "-c", KILL_AT_STEP] + _command(workdir, *RESUME)[3:]
+  killed = subprocess.run(command, cwd=ROOT, env=dict(_env(1, compile_cache), KILL_AT_STEP="250"), timeout=400,
+                          capture_output=True, text=True)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+  assert max(checkpoint_steps(workdir)) == 250
   result = train(workdir, *RESUME, cache=compile_cache)
-  assert "resumed from step" in result.stderr
+  assert "resumed from step 250" in result.stderr
   resumed = final_state(workdir)
   assert int(resumed["step"]) == 500
   # Exactly: the same params, batch statistics, optimizer state and RNG as the uninterrupted run.
@@ -292,9 +309,37 @@ def test_workdir_of_another_model(tmp_path, no_compilation):
   workdir = tmp_path / "w"
   workdir.mkdir()
   (workdir / "model.json").write_text(json.dumps(checkpointing.model_descriptor(_config())))  # an AVT-CA run
-  with pytest.raises(checkpointing.CheckpointMismatchError, match="another model .*model: checkpoint 'avtca' vs "
+  with pytest.raises(checkpointing.CheckpointMismatchError, match="another model .*model: workdir 'avtca' vs "
                      "config 'audio'"):
     train_lib.train_and_evaluate(_config(model="audio", **{"data.source": "synthetic"}), str(workdir))
+
+
+def test_changed_learning_rate_in_an_existing_workdir_stops_before_compilation(tmp_path, no_compilation):
+  """The workdir's config.json is the run's identity: another learning rate stops with a message naming the
+  key (before anything compiles); logging keys may change; --resume_with_changed_config goes on."""
+  from avtca_jax import checkpointing, train as train_lib
+  config = _config(**{"model": "audio", "data.source": "synthetic", "learning_rate": 0.1})
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  checkpointing.write_config(str(workdir), config)
+  stored = json.loads((workdir / "fingerprint.json").read_text())
+  assert stored["sha256"] == checkpointing.fingerprint(config) and "log_every_steps" not in stored["identity"]
+  changed = _config(**{"model": "audio", "data.source": "synthetic", "learning_rate": 0.2})
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match=r"another config \(learning_rate: workdir 0.1 vs config 0.2\)"):
+    train_lib.train_and_evaluate(changed, str(workdir))
+  other_protocol = _config(**{"model": "audio", "data.source": "synthetic", "learning_rate": 0.1,
+                              "data.protocol": "fold2", "data.train_on_validation": True})
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match=r"data.protocol: workdir 'fold1' vs config 'fold2', data.train_on_validation"):
+    train_lib.train_and_evaluate(other_protocol, str(workdir))
+  relogged = _config(**{"model": "audio", "data.source": "synthetic", "learning_rate": 0.1,
+                        "log_every_steps": 3, "progress_bar": False})
+  assert checkpointing.check_workdir(str(workdir), relogged)
+  with pytest.raises(AssertionError, match="compiled before the input check"):  # past the check
+    train_lib.train_and_evaluate(changed, str(workdir), allow_config_change=True)
+  assert json.loads((workdir / "config.json").read_text())["learning_rate"] == 0.2
+  assert json.loads((workdir / "config.previous.json").read_text())["learning_rate"] == 0.1
 
 
 def test_missing_audio_folder(tmp_path, no_compilation):
@@ -314,26 +359,33 @@ def test_missing_tfds_dataset(tmp_path, no_compilation):
 # ---- Optimizer and schedule ------------------------------------------------------------------------------
 
 
-def test_sgd_matches_pytorch_sgd_with_dampening():
-  """PyTorch: g' = g + wd p; b = 0.9 b + 0.1 g' (b_1 = g'); p -= lr b. Optax differs only at step 1 (0.1 g')."""
+def test_sgd_matches_pytorch_sgd_with_dampening_from_the_first_step():
+  """torch.optim.SGD(momentum 0.9, dampening 0.9, weight_decay 1e-3) and ours on the same gradients, from
+  the same start, with nothing copied between them: the same parameters after every step (PyTorch starts
+  its momentum buffer at the first gradient, undamped)."""
+  torch = pytest.importorskip("torch")
   import jax.numpy as jnp
   from avtca_jax import train as train_lib
-  config = _config(**{"weight_decay": 1e-3})
+  config = _config(**{"weight_decay": 1e-3, "momentum": 0.9, "dampening": 0.9, "optimizer": "sgd"})
   tx = train_lib.create_optimizer(config, lambda step: 0.06)
-  p = jnp.array([1.0, -2.0])
+  start = np.array([1.0, -2.0, 0.5])
+  p = jnp.asarray(start, jnp.float32)
   state = tx.init(p)
-  p_torch, buffer = np.array([1.0, -2.0]), None
-  grads = [np.array([0.5, 0.1]), np.array([-0.3, 0.2]), np.array([0.1, 0.4])]
+  p_torch = torch.nn.Parameter(torch.tensor(start, dtype=torch.float32))
+  sgd = torch.optim.SGD([p_torch], lr=0.06, momentum=0.9, dampening=0.9, weight_decay=1e-3)
+  grads = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
   for i, g in enumerate(grads):
     updates, state = tx.update(jnp.asarray(g), state, p)
     p = p + updates
-    g_torch = g + 1e-3 * p_torch
-    buffer = g_torch if buffer is None else 0.9 * buffer + 0.1 * g_torch
-    p_torch = p_torch - 0.06 * buffer
-    if i == 0:  # align the first step (documented difference), then compare the recursion
-      p, buffer = jnp.asarray(p_torch), buffer
-      state = (state[0], state[1], type(state[2])(trace=jnp.asarray(buffer)), state[3])
-  np.testing.assert_allclose(np.asarray(p), p_torch, rtol=1e-6)
+    p_torch.grad = torch.tensor(g)
+    sgd.step()
+    np.testing.assert_allclose(np.asarray(p), p_torch.detach().numpy(), rtol=1e-6, atol=1e-7,
+                               err_msg=f"step {i + 1}")
+  # The first step is the whole (L2-augmented) gradient times the rate, not a tenth of it.
+  first = train_lib.create_optimizer(config, lambda step: 0.06)
+  updates, _ = first.update(jnp.asarray(grads[0]), first.init(jnp.asarray(start, jnp.float32)),
+                            jnp.asarray(start, jnp.float32))
+  np.testing.assert_allclose(np.asarray(updates), -0.06 * (grads[0] + 1e-3 * start), rtol=1e-5)
 
 
 def test_multistep_schedule_follows_the_original_epochs():

@@ -37,7 +37,6 @@ MFCC_SHAPE = (156, 10)
 JPEG_QUALITY = 90
 FRAME_ENCODINGS = ("jpeg", "raw")
 SPLIT_PARTS = ("train", "validation", "test")
-PAPER_RANDOM_SEED = 0
 
 
 @dataclasses.dataclass
@@ -86,7 +85,7 @@ def resolve_split(name: str, available: Optional[Iterable[str]] = None) -> str:
   available = None if available is None else set(available)
   if name == "all":
     actors = list(splits_lib.ACTORS)
-  elif "_" in name and name.rsplit("_", 1)[0] in splits_lib.ACTOR_PROTOCOLS:
+  elif "_" in name and name.rsplit("_", 1)[0] != "paper_random" and splits_lib.is_protocol(name.rsplit("_", 1)[0]):
     protocol, part = name.rsplit("_", 1)
     if part not in SPLIT_PARTS:
       raise ValueError(f"unknown split {name!r}: part must be one of {SPLIT_PARTS}")
@@ -185,7 +184,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       by_actor.setdefault(r["actor"], []).append(r)
     generators = {_actor_split(a): self._generate_examples(rs) for a, rs in sorted(by_actor.items())}
     # The paper's random 80/20 clip split, over the clips in canonical (stem) order.
-    parts = splits_lib.assign_split("paper_random", [r["actor"] for r in records], seed=PAPER_RANDOM_SEED)
+    parts = splits_lib.assign_split("paper_random", [r["actor"] for r in records])
     for part in ("train", "test"):
       chosen = [r for r, p in zip(records, parts) if p == part]
       if chosen:
