@@ -22,7 +22,7 @@ from absl import app, flags, logging
 import numpy as np
 from ml_collections import config_flags
 
-from avtca_jax import evaluate as evaluate_lib
+from avtca_jax import checkpointing, evaluate as evaluate_lib
 from avtca_jax import train as train_lib
 
 METRICS = ("accuracy", "uar", "macro_f1")
@@ -55,14 +55,14 @@ def markdown(per_fold, summary) -> str:
 
 def run(config, workdir: str, folds: Sequence[int] = (1, 2, 3, 4, 5),
         removals: Sequence[str] = ("audio_zeros", "video_zeros")) -> Dict:
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = checkpointing.absolute(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
   per_fold: Dict[str, Dict] = {}
   for k in folds:
     fold_config = config.copy_and_resolve_references()
     fold_config.unlock()
     fold_config.data.protocol = f"fold{k}"
-    fold_workdir = os.path.join(workdir, f"fold{k}")
+    fold_workdir = str(workdir / f"fold{k}")
     logging.info("fold %d -> %s", k, fold_workdir)
     train_lib.train_and_evaluate(fold_config, fold_workdir)
     results = evaluate_lib.evaluate(fold_workdir, split="test", removals=removals)
@@ -70,10 +70,8 @@ def run(config, workdir: str, folds: Sequence[int] = (1, 2, 3, 4, 5),
                             for mode, r in results.items()}
   summary = summarize(per_fold)
   report = {"per_fold": per_fold, "summary": summary, "folds": list(folds)}
-  with open(os.path.join(workdir, "cross_validation.json"), "w") as f:
-    json.dump(report, f, indent=1)
-  with open(os.path.join(workdir, "cross_validation.md"), "w") as f:
-    f.write(markdown(per_fold, summary))
+  (workdir / "cross_validation.json").write_text(json.dumps(report, indent=1))
+  (workdir / "cross_validation.md").write_text(markdown(per_fold, summary))
   return report
 
 

@@ -21,6 +21,7 @@ from typing import Dict, Optional, Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags, logging
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -34,11 +35,10 @@ REMOVALS = ("audio_zeros", "video_zeros", "audio_noise", "video_noise")  # train
 
 def load_config(workdir: str, overrides: Optional[Dict] = None) -> ml_collections.ConfigDict:
   """The run's config: its variant's defaults updated with the stored config.json (so types stay right)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
     raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
-  with open(path) as f:
-    stored = json.load(f)
+  stored = json.loads(path.read_text())
   config = train_lib.default_config(stored.get("variant", "default"))
   config.update_from_flattened_dict(_flatten(stored))
   for key, value in (overrides or {}).items():
@@ -76,10 +76,10 @@ def evaluate(workdir: str, checkpoint: Optional[str] = None, split: str = "test"
              removals: Sequence[str] = ("audio_zeros", "video_zeros"), output_dir: Optional[str] = None,
              overrides: Optional[Dict] = None) -> Dict[str, Dict]:
   """{mode: metrics} for mode in ('both', *removals); writes the files listed in the module docstring."""
-  workdir = os.path.abspath(workdir)
+  workdir = checkpointing.absolute(workdir)
   config = load_config(workdir, overrides)
   checkpoint = checkpoint or default_checkpoint(workdir)
-  output_dir = output_dir or os.path.join(workdir, "eval")
+  output_dir = epath.Path(output_dir or workdir / "eval")
   if config.model == "audio":
     removals = []  # an audio model has no second stream to fall back on
   for removal in removals:
@@ -99,7 +99,7 @@ def evaluate(workdir: str, checkpoint: Optional[str] = None, split: str = "test"
 
   results = {}
   if jax.process_index() == 0:
-    os.makedirs(output_dir, exist_ok=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
   predict_step = train_lib.make_predict_step(config, model, mesh)
   for mode in ("both", *removals):
     logits, labels = train_lib.predict(predict_step, state, source, split_key, batch_size, mesh, remove=mode)
@@ -112,19 +112,16 @@ def evaluate(workdir: str, checkpoint: Optional[str] = None, split: str = "test"
                              for i, name in enumerate(metrics_lib.EMOTIONS[:config.num_classes])})
     results[mode] = result
     if jax.process_index() == 0:
-      stem = os.path.join(output_dir, f"{split}_{mode}")
-      with open(stem + ".json", "w") as f:
-        json.dump(result, f, indent=1)
-      text = metrics_lib.report(matrix)
-      with open(stem + "_report.txt", "w") as f:
-        f.write(text + "\n")
+      stem = f"{split}_{mode}"
+      (output_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
+      (output_dir / f"{stem}_report.txt").write_text(metrics_lib.report(matrix) + "\n")
       metrics_lib.plot_confusion_matrix(
-          matrix, stem + "_confusion.png",
+          matrix, output_dir / f"{stem}_confusion.png",
           title=f"{config.data.protocol} {split}, {mode} (step {step}): acc {result['accuracy']:.3f}")
   if jax.process_index() == 0:
     summary = {mode: {k: r[k] for k in ("accuracy", "uar", "macro_f1", "loss", "count")} for mode, r in results.items()}
-    with open(os.path.join(output_dir, f"{split}_summary.json"), "w") as f:
-      json.dump(dict(summary, checkpoint=checkpoint, step=step), f, indent=1)
+    (output_dir / f"{split}_summary.json").write_text(json.dumps(dict(summary, checkpoint=checkpoint, step=step),
+                                                                 indent=1))
   return results
 
 
@@ -162,7 +159,7 @@ def main(argv):
   print(format_results(results))
   print()
   print(metrics_lib.report(np.asarray(results["both"]["confusion_matrix"])))
-  print(f"\nwritten to {FLAGS.output_dir or os.path.join(os.path.abspath(FLAGS.workdir), 'eval')}")
+  print(f"\nwritten to {FLAGS.output_dir or checkpointing.absolute(FLAGS.workdir) / 'eval'}")
 
 
 if __name__ == "__main__":
