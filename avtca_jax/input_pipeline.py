@@ -233,7 +233,7 @@ def num_batches(builder_name_or_dir: str, split: str, *, batch_size: int, train:
   return min(sizes) // local_batch if train else math.ceil(max(sizes) / local_batch)
 
 
-# ---- the whole split on the devices ---------------------------------------------------------------------
+# ---- the whole split in host memory (for data_sources.DeviceCache) -------------------------------------
 
 
 def load_split(builder_name_or_dir: str, split: str, *, data_dir: Optional[str] = None,
