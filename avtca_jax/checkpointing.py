@@ -9,14 +9,14 @@ Layout in the workdir:
                                     is refused before anything is compiled, naming the differing keys
 The data position and the RNG need no state of their own: the batch order is a function of
 (seed, epoch) and every random draw of step s is keyed by (seed, s), so the step restores both.
+Paths are etils.epath paths (orbax's own path layer), so a workdir may be gs://bucket/run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 from absl import logging
 from etils import epath
@@ -37,6 +37,12 @@ RUN_INDEPENDENT_PREFIXES = ("distributed.",)
 
 class CheckpointMismatchError(ValueError):
   """The workdir holds a run of another model or config."""
+
+
+def absolute(path: Union[str, epath.Path]) -> epath.Path:
+  """An epath.Path that orbax accepts: URIs (gs://...) as given, local paths made absolute."""
+  path = epath.Path(path)
+  return path if path.is_absolute() else path.absolute()
 
 
 def model_descriptor(config) -> Dict[str, Any]:
@@ -126,19 +132,18 @@ def write_config(workdir: str, config):
 
 def write_model_json(workdir: str, config):
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "model.json"), "w") as f:
-      json.dump(model_descriptor(config), f, indent=1)
+    (epath.Path(workdir) / "model.json").write_text(json.dumps(model_descriptor(config), indent=1))
 
 
 class Checkpoints:
   def __init__(self, workdir: str, keep: int = 2, async_save: bool = True):
-    workdir = os.path.abspath(workdir)
+    workdir = absolute(workdir)
     self.latest = ocp.CheckpointManager(
-        os.path.join(workdir, "checkpoints"),
+        workdir / "checkpoints",
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                              enable_async_checkpointing=async_save))
     self.best = ocp.CheckpointManager(
-        os.path.join(workdir, "best"),
+        workdir / "best",
         options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True, best_fn=lambda m: m["accuracy"],
                                              best_mode="max", enable_async_checkpointing=async_save))
 
@@ -199,19 +204,19 @@ class Checkpoints:
 
 def checkpoint_dir(workdir: str, best: bool = False, step: Optional[int] = None) -> str:
   """The directory of a step (default: the best, or the latest) of a workdir's checkpoints."""
-  root = os.path.join(os.path.abspath(workdir), "best" if best else "checkpoints")
+  root = absolute(workdir) / ("best" if best else "checkpoints")
   if step is None:
-    steps = sorted(int(d) for d in os.listdir(root) if d.isdigit()) if os.path.isdir(root) else []
+    steps = sorted(int(d.name) for d in root.iterdir() if d.name.isdigit()) if root.is_dir() else []
     if not steps:
       raise FileNotFoundError(f"no {'best ' if best else ''}checkpoint in {root}")
     step = steps[-1]  # `best/` keeps one
-  return os.path.join(root, str(step))
+  return str(root / str(step))
 
 
 def restore_numpy(directory: str) -> Dict[str, Any]:
   """A checkpoint's TrainState items as host numpy arrays, on any number of devices (evaluation,
   prediction, tests): {'step', 'params', 'batch_stats', 'opt_state', 'rng'}."""
-  path = os.path.join(os.path.abspath(directory), "state")
+  path = absolute(directory) / "state"
   checkpointer = ocp.PyTreeCheckpointer()
   metadata = checkpointer.metadata(path)
   tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata.tree
@@ -220,5 +225,4 @@ def restore_numpy(directory: str) -> Dict[str, Any]:
 
 
 def read_meta(directory: str) -> Dict[str, Any]:
-  with open(os.path.join(os.path.abspath(directory), "meta", "metadata")) as f:
-    return json.load(f)
+  return json.loads((absolute(directory) / "meta" / "metadata").read_text())

@@ -370,7 +370,8 @@ def load_init_checkpoint(path: str, into: Optional[Mapping] = None) -> dict:
   """
   import orbax.checkpoint as ocp
 
-  restored = ocp.StandardCheckpointer().restore(os.path.abspath(path))
+  from avtca_jax import checkpointing
+  restored = ocp.StandardCheckpointer().restore(checkpointing.absolute(path))
   restored = {collection: restored[collection] for collection in ("params", "batch_stats") if collection in restored}
   return restored if into is None else merge_variables(into, restored)
 

@@ -43,9 +43,7 @@ import numpy as np
 from etils import epath
 from ml_collections import config_flags
 
-from avtca_jax import console
-from avtca_jax import evaluate as evaluate_lib
-from avtca_jax import splits
+from avtca_jax import checkpointing, console, evaluate as evaluate_lib, splits
 from avtca_jax import train as train_lib
 
 METRICS = ("accuracy", "uar", "macro_f1")
@@ -176,7 +174,7 @@ def nested_select(config, workdir: str, protocol: str, candidates: Dict[str, Dic
     for j in range(1, splits.INNER_FOLDS + 1):
       inner = splits.inner_protocol(protocol, j)
       inner_config = _run_config(config, inner, seed, overrides)
-      inner_dir = os.path.join(workdir, protocol, "inner", name, inner)
+      inner_dir = str(epath.Path(workdir) / protocol / "inner" / name / inner)
       logging.info("nested: %s candidate %s -> %s", protocol, name, inner_dir)
       results, _ = _train_and_test(inner_config, inner_dir, (), allow_config_change)
       accuracies.append(results["both"]["accuracy"])
@@ -190,8 +188,9 @@ def run(config, workdir: str, folds: Optional[Sequence[int]] = None, seeds: Opti
         nested: Optional[Dict[str, Dict[str, Any]]] = None, allow_config_change: bool = False) -> Dict:
   """Trains and tests every (fold, seed) in order; returns (and writes) the report. Raises Preempted when a
   run was stopped by SIGTERM (the report then holds the runs finished so far)."""
-  workdir = os.path.abspath(workdir)
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  root = checkpointing.absolute(workdir)  # local or gs://
+  root.mkdir(parents=True, exist_ok=True)
+  workdir = str(root)
   protocols = _protocols(fold_set, folds)
   seeds = [int(s) for s in (seeds if seeds else [config.seed])]
   runs: Dict[str, Dict[int, Dict]] = {}
@@ -216,7 +215,7 @@ def run(config, workdir: str, folds: Optional[Sequence[int]] = None, seeds: Opti
         overrides = nested[chosen[protocol]["chosen"]]
         logging.info("nested: %s chose %s (%s)", protocol, chosen[protocol]["chosen"], chosen[protocol]["scores"])
       for seed in seeds:
-        run_dir = os.path.join(workdir, protocol, f"seed{seed}")
+        run_dir = str(epath.Path(workdir) / protocol / f"seed{seed}")
         logging.info("%s seed %d -> %s", protocol, seed, run_dir)
         results, sec = _train_and_test(_run_config(config, protocol, seed, overrides), run_dir, removals,
                                        allow_config_change)

@@ -46,9 +46,19 @@ def _shard_of_global(batch: Dict[str, np.ndarray], process_index: int, process_c
   return {k: v[process_index * n:(process_index + 1) * n] for k, v in batch.items()}
 
 
+def train_indices(num_examples: int, epoch: int, step: int, global_batch: int, seed: int,
+                  process_count: int = 1) -> np.ndarray:
+  """Example indices of training step `step` of `epoch` over a split held whole (in memory or on the devices):
+  a permutation per (seed, epoch), the last partial global batch dropped. Each process's block of the batch
+  is sorted (sorted reads are faster; the rows' order inside a batch does not matter to the loss), so
+  `ArraySource` (one block per process) and `DeviceCache` (the whole batch) draw the same clips."""
+  order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  batch = order[step * global_batch:(step + 1) * global_batch].reshape(process_count, -1)
+  return np.sort(batch, axis=1).reshape(-1)
+
+
 class ArraySource:
-  """Splits held as numpy arrays. Training order: a permutation per (seed, epoch); the last partial
-  global batch is dropped. Evaluation: in order, the last batch padded."""
+  """Splits held as numpy arrays. Training order: `train_indices`. Evaluation: in order, the last batch padded."""
 
   def __init__(self, splits_arrays: Dict[str, Dict[str, np.ndarray]], process_index: int = 0,
                process_count: int = 1):
@@ -59,6 +69,14 @@ class ArraySource:
   def num_examples(self, split: str) -> int:
     return len(self.arrays[split]["label"]) if split in self.arrays else 0
 
+  def steps_per_epoch(self, global_batch: int) -> int:
+    """Training steps per epoch, the same on every process (they share one permutation)."""
+    return self.num_examples("train") // global_batch
+
+  def split_arrays(self, split: str) -> Dict[str, np.ndarray]:
+    """The whole split (every process holds it), for `DeviceCache`."""
+    return self.arrays[split]
+
   @property
   def has_frames(self) -> bool:
     return "frames" in self.arrays["train"]
@@ -68,10 +86,9 @@ class ArraySource:
 
   def train_batches(self, epoch: int, skip: int, global_batch: int, seed: int) -> Iterator[Dict[str, np.ndarray]]:
     data = self.arrays["train"]
-    order = np.random.default_rng([seed, epoch]).permutation(len(data["label"]))
-    for start in range((skip * global_batch), len(order) - global_batch + 1, global_batch):
-      index = np.sort(order[start:start + global_batch][self._local_slice(global_batch)])
-      # Sorted indices read faster; the rows' order inside a batch does not matter to the loss.
+    n = len(data["label"])
+    for step in range(skip, n // global_batch):
+      index = train_indices(n, epoch, step, global_batch, seed, self.process_count)[self._local_slice(global_batch)]
       yield {k: v[index] for k, v in data.items()}
 
   def _local_slice(self, global_batch):
@@ -88,6 +105,42 @@ class ArraySource:
       batch = {k: v[index] for k, v in data.items()}
       batch["mask"] = mask[self._local_slice(global_batch)]
       yield batch
+
+
+class DeviceCache:
+  """The whole training split decoded and replicated on every device (`config.data.device_cache`): each step
+  gathers its global batch on the devices (`train_indices`, the same order as `ArraySource`), sharded over
+  `data`, so no clip crosses the host-device link after the first copy and the host does no decoding.
+
+  Every process loads the whole split (`source.split_arrays('train')`), so the order and the steps per epoch
+  do not depend on the process count. Memory per device: the split's bytes (`nbytes`), e.g. 1,920 RAVDESS
+  training clips of 15 frames at 224 px are 4.3 GB as uint8.
+  """
+
+  def __init__(self, arrays: Dict[str, np.ndarray], mesh, keys=("mfcc", "frames", "label")):
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    self.num_examples = len(arrays["label"])
+    self.nbytes = sum(arrays[k].nbytes for k in keys if k in arrays)
+    replicated = NamedSharding(mesh, P())
+    # Every process passes the same host arrays, so the callback gives each local device the whole split.
+    self.arrays = {k: jax.make_array_from_callback(arrays[k].shape, replicated, lambda index, v=arrays[k]: v[index])
+                   for k in keys if k in arrays}
+    self._gather = jax.jit(lambda arrays, index: {k: v[index] for k, v in arrays.items()},
+                           out_shardings=NamedSharding(mesh, P("data")))
+    self._replicated = replicated
+
+  def steps_per_epoch(self, global_batch: int) -> int:
+    return self.num_examples // global_batch
+
+  def train_batches(self, epoch: int, skip: int, global_batch: int, seed: int):
+    """Global device batches of `epoch` from step `skip` on (dicts of jax.Array sharded over `data`)."""
+    import jax
+    for step in range(skip, self.steps_per_epoch(global_batch)):
+      index = train_indices(self.num_examples, epoch, step, global_batch, seed).astype(np.int32)
+      index = jax.make_array_from_callback(index.shape, self._replicated, lambda i, v=index: v[i])
+      yield self._gather(self.arrays, index)
 
 
 def synthetic_arrays(num_examples: int, image_size: int, num_frames: int = 15, num_classes: int = 8,

@@ -26,12 +26,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from avtca_jax import checkpoint_kinds, console, data_sources, metrics as metrics_lib
+from avtca_jax import checkpointing, checkpoint_kinds, console, data_sources, metrics as metrics_lib
 from avtca_jax import train as train_lib
 from avtca_jax.checkpoint_kinds import default_checkpoint, load_config  # noqa: F401  (public here too)
 
@@ -54,7 +55,8 @@ def _model_and_config(workdir, checkpoint, overrides, data_config):
   """(LoadedModel, config): the checkpoint's model with the data settings of `data_config` (when given),
   else of the run that wrote it."""
   loaded = checkpoint_kinds.load(checkpoint or workdir)
-  if workdir is not None and loaded.kind == "workdir" and os.path.abspath(loaded.workdir) != os.path.abspath(workdir):
+  if (workdir is not None and loaded.kind == "workdir"
+      and str(checkpointing.absolute(loaded.workdir)) != str(checkpointing.absolute(workdir))):
     raise ValueError(f"--checkpoint {checkpoint} belongs to {loaded.workdir}, not to --workdir {workdir}")
   config = loaded.config.copy_and_resolve_references()
   if data_config is not None:
@@ -81,7 +83,7 @@ def evaluate(workdir: Optional[str] = None, checkpoint: Optional[str] = None, sp
   checkpoint = loaded.checkpoint
   if output_dir is None and workdir is None:
     raise ValueError(f"{checkpoint} is not inside a training workdir: give --output_dir for the results")
-  output_dir = output_dir or os.path.join(workdir, "eval")
+  output_dir = epath.Path(output_dir) if output_dir else checkpointing.absolute(workdir) / "eval"
   if config.model == "audio":
     removals = []  # an audio model has no second stream to fall back on
   for removal in removals:
@@ -95,13 +97,13 @@ def evaluate(workdir: Optional[str] = None, checkpoint: Optional[str] = None, sp
                "test": config.data.test_split}.get(split, split)
   if source.num_examples(split_key) == 0:
     raise ValueError(f"the {split!r} split of protocol {config.data.protocol} is empty in this dataset")
-  model = train_lib.create_model(config)
+  model = train_lib.create_model(config, train_lib.mesh_platform(mesh))
   state = _replicated_state(loaded.variables, loaded.step, mesh)
   step = int(np.asarray(state.step))
 
   results = {}
   if jax.process_index() == 0:
-    os.makedirs(output_dir, exist_ok=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
   predict_step = train_lib.make_predict_step(config, model, mesh)
   for mode in ("both", *removals):
     logits, labels = train_lib.predict(predict_step, state, source, split_key, batch_size, mesh, remove=mode)
@@ -114,19 +116,16 @@ def evaluate(workdir: Optional[str] = None, checkpoint: Optional[str] = None, sp
                              for i, name in enumerate(metrics_lib.EMOTIONS[:config.num_classes])})
     results[mode] = result
     if jax.process_index() == 0:
-      stem = os.path.join(output_dir, f"{split}_{mode}")
-      with open(stem + ".json", "w") as f:
-        json.dump(result, f, indent=1)
-      text = metrics_lib.report(matrix)
-      with open(stem + "_report.txt", "w") as f:
-        f.write(text + "\n")
+      stem = f"{split}_{mode}"
+      (output_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
+      (output_dir / f"{stem}_report.txt").write_text(metrics_lib.report(matrix) + "\n")
       metrics_lib.plot_confusion_matrix(
-          matrix, stem + "_confusion.png",
+          matrix, output_dir / f"{stem}_confusion.png",
           title=f"{config.data.protocol} {split}, {mode} (step {step}): acc {result['accuracy']:.3f}")
   if jax.process_index() == 0:
     summary = {mode: {k: r[k] for k in ("accuracy", "uar", "macro_f1", "loss", "count")} for mode, r in results.items()}
-    with open(os.path.join(output_dir, f"{split}_summary.json"), "w") as f:
-      json.dump(dict(summary, checkpoint=checkpoint, step=step), f, indent=1)
+    (output_dir / f"{split}_summary.json").write_text(json.dumps(dict(summary, checkpoint=checkpoint, step=step),
+                                                                 indent=1))
   return results
 
 
@@ -169,7 +168,7 @@ def main(argv):
   print(format_results(results))
   print()
   print(metrics_lib.report(np.asarray(results["both"]["confusion_matrix"])))
-  print(f"\nwritten to {FLAGS.output_dir or os.path.join(os.path.dirname(os.path.dirname(first['checkpoint'])), 'eval')}")
+  print(f"\nwritten to {FLAGS.output_dir or epath.Path(first['checkpoint']).parent.parent / 'eval'}")
 
 
 if __name__ == "__main__":

@@ -5,21 +5,21 @@ The trainer's calls:
     info = dataset_info('ravdess', data_dir=..., config_name='generated')
     ds = create_dataset('ravdess', 'fold1_train', batch_size=32, train=True, seed=0, data_dir=...,
                         config_name='generated')
-    for batch in iterate_on_devices(ds, mesh):   # dict of jax.Array sharded NamedSharding(mesh, P('data'))
-      ...
+    for batch in ds.as_numpy_iterator():         # this host's rows; the trainer places them on the devices
+      ...                                         # (train.prefetch_to_devices, a bounded double buffer)
 
 A batch is {'mfcc': float32 (b, 156, 10), 'frames': uint8 (b, 15, S, S, 3) RGB, 'label': int32 (b,),
 'actor': int32 (b,), 'mask': bool (b,)} with b = batch_size // jax.process_count() per host (the global
 batch once placed on the devices). 'mask' is False only for the padding that fills the last evaluation
 batch (train=False), so every host yields the same number of full-size batches.
 
-Order of operations: per-host slice of the split (tfds.split_for_jax_process semantics) -> interleaved,
+Order of operations: per-host slice of the split (`host_split`, balanced to one example) -> interleaved,
 file-shuffled reads -> [cache of the decoded clips] -> shuffle -> repeat -> decode -> [host augmentation]
 -> batch -> prefetch. With `deterministic=True` (default) the order, and the host augmentation, depend only
 on `seed`; `deterministic=False` lets tf.data return elements as they are ready (faster).
 
-`load_split_to_devices` + `device_batches` hold a whole split on the devices (replicated) and draw
-batches there: the fastest epochs when the split fits in device memory (docs/data.md).
+`load_split` reads a whole split into host memory; `data_sources.DeviceCache` then holds it on the devices
+(replicated) and draws batches there: the fastest epochs when the split fits (`config.data.device_cache`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from __future__ import annotations
 import collections
 import math
 import os
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -42,7 +42,6 @@ except RuntimeError:  # already initialised by the caller; they own that choice
   pass
 
 import jax  # noqa: E402
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
 from avtca_jax import augment, bundled  # noqa: E402
 
@@ -72,22 +71,46 @@ def _resolve(builder, split: str) -> str:
   return "+".join(resolve_split(part, available) for part in split.split("+"))
 
 
-def host_split_sizes(builder, split: str, process_count: int) -> List[int]:
-  """Examples each host reads from `split` under `host_split`'s slicing (even_splits, no drop)."""
-  sizes = [0] * process_count
+def _host_slices(builder, split: str, process_count: int) -> List[List[tuple]]:
+  """Per host, its (stored split, start, stop) slices of `split`. Each stored part is cut into contiguous
+  slices whose sizes follow a round-robin over the concatenation of the parts (as if global example g went
+  to host g % process_count), so the hosts' totals differ by at most one example whatever the part sizes,
+  and every host still reads a slice of every actor.
+
+  tfds.split_for_jax_process cuts each part on its own, which gives the first hosts every part's remainder:
+  with 3 hosts and the tiny generated fold-1 training split (16 actors of 8 clips) that is 48/48/32 clips,
+  and the shortest host sets every host's steps per epoch.
+  """
+  slices: List[List[tuple]] = [[] for _ in range(process_count)]
+  offset = 0  # examples in the parts before this one
   for part in _resolve(builder, split).split("+"):
     n = builder.info.splits[part].num_examples
+    start = 0
     for i in range(process_count):
-      sizes[i] += n // process_count + (1 if i < n % process_count else 0)
-  return sizes
+      size = len(range((i - offset) % process_count, n, process_count))  # j in [0, n): (offset + j) % P == i
+      if size:
+        slices[i].append((part, start, start + size))
+      start += size
+    offset += n
+  return slices
+
+
+def host_split_sizes(builder, split: str, process_count: int) -> List[int]:
+  """Examples each host reads from `split` (`host_split`): the floor or the ceiling of total / process_count."""
+  return [sum(stop - start for _, start, stop in host) for host in _host_slices(builder, split, process_count)]
 
 
 def host_split(builder, split: str, process_index: Optional[int] = None, process_count: Optional[int] = None):
-  """This host's slice of `split` (each stored actor split cut into `process_count` contiguous parts)."""
+  """This host's slice of `split` as a tfds split string ('actor09[0:3]+actor10[2:5]+...'), balanced to
+  within one example across hosts (`_host_slices`)."""
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  return tfds.split_for_jax_process(_resolve(builder, split), process_index=process_index,
-                                    process_count=process_count)
+  if process_count == 1:
+    return _resolve(builder, split)
+  host = _host_slices(builder, split, process_count)[process_index]
+  if not host:
+    raise ValueError(f"split {split!r} has fewer examples than the {process_count} processes")
+  return "+".join(f"{part}[{start}:{stop}]" for part, start, stop in host)
 
 
 def dataset_info(builder_name_or_dir: str = "ravdess", *, data_dir: Optional[str] = None,
@@ -210,28 +233,7 @@ def num_batches(builder_name_or_dir: str, split: str, *, batch_size: int, train:
   return min(sizes) // local_batch if train else math.ceil(max(sizes) / local_batch)
 
 
-def batch_sharding(mesh: Mesh, batch_axis: str = "data") -> NamedSharding:
-  return NamedSharding(mesh, P(batch_axis))
-
-
-def iterate_on_devices(dataset, mesh: Mesh, *, batch_axis: str = "data", prefetch: int = 2) -> Iterator[Dict]:
-  """Host batches -> dicts of global jax.Arrays sharded along `batch_axis`, `prefetch` batches ahead."""
-  sharding = batch_sharding(mesh, batch_axis)
-  queue = collections.deque()
-
-  def put(batch):
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
-
-  iterator = iter(dataset.as_numpy_iterator() if isinstance(dataset, tf.data.Dataset) else dataset)
-  for batch in iterator:
-    queue.append(put(batch))
-    if len(queue) > prefetch:
-      yield queue.popleft()
-  while queue:
-    yield queue.popleft()
-
-
-# ---- the whole split on the devices ---------------------------------------------------------------------
+# ---- the whole split in host memory (for data_sources.DeviceCache) -------------------------------------
 
 
 def load_split(builder_name_or_dir: str, split: str, *, data_dir: Optional[str] = None,
@@ -244,42 +246,3 @@ def load_split(builder_name_or_dir: str, split: str, *, data_dir: Optional[str] 
     for k, v in batch.items():
       parts[k].append(v[batch["mask"]])
   return {k: np.concatenate(v) for k, v in parts.items() if k != "mask"}
-
-
-def load_split_to_devices(arrays: Dict[str, np.ndarray], mesh: Mesh) -> Dict[str, jax.Array]:
-  """Replicate a split (from `load_split`) on every device of `mesh` (every host passes the same arrays)."""
-  replicated = NamedSharding(mesh, P())
-  return {k: jax.device_put(v, replicated) for k, v in arrays.items()}
-
-
-def device_batches(arrays: Dict[str, jax.Array], mesh: Mesh, *, batch_size: int, train: bool, seed: int = 0,
-                   num_epochs: Optional[int] = None, batch_axis: str = "data") -> Iterator[Dict[str, jax.Array]]:
-  """Batches gathered on the devices from a device-resident split; same dict format as `iterate_on_devices`.
-
-  Train: a fresh seeded permutation per epoch, last partial batch dropped, forever unless `num_epochs`.
-  Eval: stored order, one epoch by default, last batch padded (mask False). All hosts draw the same indices.
-  """
-  n = int(next(iter(arrays.values())).shape[0])
-  sharding = batch_sharding(mesh, batch_axis)
-
-  @jax.jit
-  def _gather(arrays, index, valid):
-    out = {k: v[index] for k, v in arrays.items()}
-    out["mask"] = valid
-    return out
-
-  gather = jax.jit(_gather, out_shardings=sharding)
-
-  epochs = num_epochs if num_epochs is not None else (None if train else 1)
-  epoch = 0
-  while epochs is None or epoch < epochs:
-    order = np.random.default_rng([seed, epoch]).permutation(n) if train else np.arange(n)
-    steps = n // batch_size if train else math.ceil(n / batch_size)
-    for step in range(steps):
-      index = order[step * batch_size:(step + 1) * batch_size]
-      valid = np.ones(batch_size, bool)
-      if len(index) < batch_size:
-        valid[len(index):] = False
-        index = np.concatenate([index, np.zeros(batch_size - len(index), index.dtype)])
-      yield gather(arrays, index.astype(np.int32), valid)
-    epoch += 1

@@ -113,5 +113,7 @@ def plot_confusion_matrix(matrix: np.ndarray, path: str, class_names: Optional[S
     ax.set_title(title)
   fig.colorbar(image, ax=ax, label="recall (row-normalised)")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  from etils import epath
+  with epath.Path(path).open("wb") as f:  # a gs:// workdir too
+    fig.savefig(f, dpi=100, format="png")
   plt.close(fig)

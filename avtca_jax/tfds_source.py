@@ -2,7 +2,11 @@
 
 Training batches of epoch e come from a pipeline seeded with (seed, e) that reads one epoch; a resumed run
 rebuilds it and skips the batches already consumed, so the data position follows from the step alone.
-Each process reads its own slice of every split (input_pipeline.host_split).
+Each process reads its own slice of every split (input_pipeline.host_split, balanced to one example), so
+every process runs the steps of the shortest slice per epoch (`steps_per_epoch`): each epoch leaves out at
+most one local batch plus one clip per process, a different random subset each epoch (the order is
+shuffled). Evaluation reads every clip exactly once on any number of processes: each process pads its slice
+with masked clips up to the longest slice's number of batches.
 """
 
 from __future__ import annotations
@@ -65,6 +69,15 @@ class TfdsSource:
   def num_examples(self, split: str) -> int:
     name = self.split_name(split)
     return sum(int(self.info["num_examples"].get(part, 0)) for part in name.split("+")) if name else 0
+
+  def steps_per_epoch(self, global_batch: int) -> int:
+    """Training steps per epoch on every process: the shortest host slice's full local batches."""
+    return self._pipeline.num_batches(self.config.data.name, self.split_name("train"), batch_size=global_batch,
+                                      train=True, process_count=self.process_count, **self.kwargs)
+
+  def split_arrays(self, split: str):
+    """The whole split decoded in host memory, in the stored order, on every process (`DeviceCache`)."""
+    return self._pipeline.load_split(self.config.data.name, self.split_name(split), **self.kwargs)
 
   @property
   def has_frames(self) -> bool:

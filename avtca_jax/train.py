@@ -7,26 +7,33 @@ checkpoint restore, loop, evaluation. Design notes and measurements: docs/traini
   a mesh of every device of every host; each device gets its slice of the global batch, gradients are
   averaged over the axis; the state is replicated and donated. Batch-norm statistics are per device or
   global (`config.batch_norm`).
-- Metrics stay on the devices until a log step; that is the only host synchronisation.
+- Metrics stay on the devices until a log step. The host reads one scalar per step, the stop vote of the
+  step STOP_LAG steps back (already finished), so it never runs more than STOP_LAG steps ahead.
+- Batch n+1 is copied to the devices while step n runs (`prefetch_to_devices`, a bounded double buffer), or
+  the whole training split lives on the devices (`config.data.device_cache`, data_sources.DeviceCache).
+- Every process runs the same steps per epoch (the data source's `steps_per_epoch`, the shortest host's).
 - Restarting with the same workdir resumes: state (params, batch statistics, optimizer), step, data
-  position and RNG. SIGTERM saves a checkpoint and exits 0. A NaN/inf loss or gradient stops the run
-  (exit 1) without saving the bad state.
+  position and RNG. SIGTERM to any process stops every process at the same step, within STOP_LAG + 1 steps
+  of the signal, with one checkpoint, and exits 0. A NaN/inf loss or gradient stops the run (exit 1)
+  without saving the bad state.
+- Every file goes through etils.epath (as orbax and tfds do), so the workdir may be gs://bucket/run.
 """
 
 from __future__ import annotations
 
+import collections
 import difflib
-import functools
 import json
 import os
 import signal
 import sys
 import time
-from typing import Any, Dict, NamedTuple, Optional
+from typing import Any, Dict, Iterator, NamedTuple, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags, logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -247,11 +254,11 @@ def create_train_state(config, model, tx, mesh, abstract: bool = False) -> Train
   variables = avtca.init_variables(model, jax.random.fold_in(jax.random.key(config.seed), 1))
   if config.init_checkpoint:
     from avtca_jax import convert
-    if not os.path.isdir(config.init_checkpoint):
+    if not epath.Path(config.init_checkpoint).is_dir():
       raise ConfigError(f"config.init_checkpoint={config.init_checkpoint!r} is not a directory (a converted "
                         "checkpoint from `python -m avtca_jax.convert`)")
     try:
-      variables = convert.load_init_checkpoint(os.path.abspath(config.init_checkpoint), into=variables)
+      variables = convert.load_init_checkpoint(checkpointing.absolute(config.init_checkpoint), into=variables)
     except convert.ConversionError as error:
       raise ConfigError(f"config.init_checkpoint={config.init_checkpoint}: {error}") from error
     logging.info("initialised from %s", config.init_checkpoint)
@@ -292,9 +299,11 @@ def abstract_batch(config, batch_size: int, mesh, stored_image_size: Optional[in
 
 
 def make_train_step(config, model, tx, mesh):
-  """state, global batch -> state, summed metrics. shard_map gives pmap semantics inside one jit."""
+  """(state, global batch, stop flags) -> state, summed metrics. shard_map gives pmap semantics inside one
+  jit. The stop flags (one per device, 1 where its process got SIGTERM) are summed into the metrics, so
+  every process learns of a stop request from the same step's output (`StopRequest`)."""
 
-  def train_step(state: TrainState, batch):  # per device: its slice of the batch
+  def train_step(state: TrainState, batch, stop_flags):  # per device: its slice of the batch and flags
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     rng = jax.random.fold_in(rng, jax.lax.axis_index("data"))
     mfcc, frames, labels = model_inputs(config, batch, rng, train=True)
@@ -325,13 +334,13 @@ def make_train_step(config, model, tx, mesh):
     count = jnp.asarray(labels.shape[0], jnp.float32)
     finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
     step_metrics = {"loss_sum": loss * count, "correct": jnp.sum(jnp.argmax(logits, -1) == labels),
-                    "count": count, "nonfinite": 1 - finite.astype(jnp.int32)}
+                    "count": count, "nonfinite": 1 - finite.astype(jnp.int32), "stop": jnp.sum(stop_flags)}
     step_metrics = jax.lax.psum(step_metrics, "data")
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
     return new_state, step_metrics
 
-  sharded = jax.shard_map(with_matmul_precision(train_step, config), mesh=mesh, in_specs=(P(), P("data")),
-                          out_specs=(P(), P()))
+  sharded = jax.shard_map(with_matmul_precision(train_step, config), mesh=mesh,
+                          in_specs=(P(), P("data"), P("data")), out_specs=(P(), P()))
   options = efficientface.remat_compiler_options(mesh_platform(mesh)) if config.remat else {}
   return jax.jit(sharded, donate_argnums=(0,), compiler_options=options or None)
 
@@ -370,11 +379,37 @@ def make_predict_step(config, model, mesh):
 DEVICE_KEYS = ("mfcc", "frames", "label", "mask")
 
 
-def to_devices(batch: Dict[str, np.ndarray], mesh) -> Dict[str, Array]:
-  """Process-local rows -> global arrays sharded over `data` (each process holds its own rows)."""
+def to_devices(batch: Dict[str, Any], mesh) -> Dict[str, Array]:
+  """Process-local rows -> global arrays sharded over `data` (each process holds its own rows). Batches
+  already on the devices (data_sources.DeviceCache) pass through."""
   sharding = NamedSharding(mesh, P("data"))
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+  return {k: v if isinstance(v, jax.Array) else jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in batch.items() if k in DEVICE_KEYS}
+
+
+def prefetch_to_devices(batches: Iterator[Dict[str, Any]], mesh, size: int = 2) -> Iterator[Dict[str, Array]]:
+  """Host batches -> device batches, `size` in flight: when batch n is yielded, batches n+1 .. n+size-1
+  are already being copied (the copies are asynchronous), so the transfer overlaps step n instead of
+  preceding step n+1. A bounded double buffer (size 2): device memory holds at most `size` batches ahead."""
+  queue = collections.deque()
+  for batch in batches:
+    queue.append(to_devices(batch, mesh))
+    if len(queue) >= max(size, 1):
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
+def train_batch_stream(source, start_step: int, steps_per_epoch: int, global_batch: int, seed: int):
+  """Training batches from `start_step` on, epoch after epoch, exactly `steps_per_epoch` per epoch on every
+  process (a process whose slice holds more batches leaves them out). One stream across epochs lets the
+  prefetch cross epoch boundaries."""
+  epoch, position = divmod(start_step, steps_per_epoch)
+  while True:
+    batches = source.train_batches(epoch, position, global_batch, seed)
+    for _ in range(position, steps_per_epoch):
+      yield next(batches)
+    epoch, position = epoch + 1, 0
 
 
 def _to_host(x: Array) -> np.ndarray:
@@ -404,22 +439,45 @@ def evaluate_split(predict_step, state, source, split, batch_size, mesh, num_cla
 # ---- Preemption ----------------------------------------------------------------------------------------
 
 
-class StopRequest:
-  """SIGTERM (TPU preemption, `kill`) sets a flag; the loop saves and exits at the next step boundary."""
+STOP_LAG = 2  # steps between a stop vote entering a step and every process reading it
 
-  def __init__(self):
+
+class StopRequest:
+  """SIGTERM (TPU preemption, `kill`) to any process stops every process after the same step.
+
+  Each step takes this process's flag as an input and sums every device's flag into its metrics
+  (`make_train_step`); after dispatching step n, every process reads the sum of step n - STOP_LAG, which
+  has finished or is about to, and all of them stop after step n when it is positive. So a signal stops
+  the run within STOP_LAG + 1 steps, with no extra collective, and the host never runs more than STOP_LAG
+  steps ahead of the devices (enough to keep them busy).
+  """
+
+  def __init__(self, mesh):
     self.requested = False
+    self.signal_step: Optional[int] = None
     self._previous = signal.signal(signal.SIGTERM, self._handle)
+    sharding = NamedSharding(mesh, P("data"))
+    local = len(mesh.local_devices)
+    self._flags = [jax.make_array_from_process_local_data(sharding, np.full((local,), value, np.int32))
+                   for value in (0, 1)]
+    self._votes = collections.deque()
 
   def _handle(self, signum, frame):
-    logging.warning("SIGTERM: saving a checkpoint and stopping")
     self.requested = True
 
-  def should_stop(self, sync: bool) -> bool:
-    if jax.process_count() == 1 or not sync:
-      return self.requested and jax.process_count() == 1
-    from jax.experimental import multihost_utils  # every process must stop at the same step
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))
+  def flags(self, step: int) -> Array:
+    """This process's stop flags for `step` (the step's input)."""
+    if self.requested and self.signal_step is None:
+      self.signal_step = step
+      logging.warning("SIGTERM before step %d: every process stops within %d steps", step + 1, STOP_LAG + 1)
+    return self._flags[int(self.requested)]
+
+  def should_stop(self, step_metrics) -> bool:
+    """True on every process at once: some process asked to stop STOP_LAG steps ago (or earlier)."""
+    self._votes.append(step_metrics["stop"])
+    if len(self._votes) <= STOP_LAG:
+      return False
+    return int(self._votes.popleft()) > 0
 
   def restore(self):
     signal.signal(signal.SIGTERM, self._previous)
@@ -437,10 +495,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Setup: everything that can fail on a bad input fails here, before any compilation.
   validate_config(config)
   compilation_cache.enable(config.compilation_cache_dir)
-  workdir = os.path.abspath(workdir)
+  workdir = checkpointing.absolute(workdir)
   same_run = checkpointing.check_workdir(workdir, config, allow_change=allow_config_change)
   is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  workdir.mkdir(parents=True, exist_ok=True)
 
   # Mesh: every device of every host on one `data` axis.
   mesh = create_mesh()
@@ -463,10 +521,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       raise ConfigError(f"dataset frames are {tuple(source.frame_shape())}; the config wants {config.num_frames} "
                         f"frames of {config.image_size} px (crops are resized down on the device, never up): "
                         "set config.num_frames / config.image_size")
-  steps_per_epoch = source.num_examples(config.data.train_split) // config.batch_size
+  train_source = source
+  if config.data.device_cache:  # the whole training split on every device, batches gathered there
+    keys = ("mfcc", "label") if config.model == "audio" else ("mfcc", "frames", "label")
+    train_source = data_sources.DeviceCache(source.split_arrays("train"), mesh, keys)
+    logging.info("training split on the devices: %d clips, %.2f GB per device", train_source.num_examples,
+                 train_source.nbytes / 1e9)
+  # The same on every process, whatever its slice of the split holds (the source's shortest slice).
+  steps_per_epoch = train_source.steps_per_epoch(config.batch_size)
   if steps_per_epoch == 0:
     raise ConfigError(f"the training split has {source.num_examples(config.data.train_split)} clips, fewer "
-                      f"than one batch of {config.batch_size}")
+                      f"than one batch of {config.batch_size} (over {num_processes} processes)")
   num_steps = total_train_steps(config, steps_per_epoch)
   has_eval = source.num_examples(config.data.eval_split) > 0
 
@@ -493,8 +558,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if is_main:
       normalization = getattr(source, "mfcc_normalization", {"mode": "none"})
       if normalization["mode"] != "none":  # predict applies the same statistics to new clips
-        with open(os.path.join(workdir, data_sources.NORMALIZATION_FILE), "w") as f:
-          json.dump(normalization, f, indent=1)
+        (workdir / data_sources.NORMALIZATION_FILE).write_text(json.dumps(normalization, indent=1))
   logging.info("%d devices on %d processes, %d steps (%d per epoch), batch %d (%d per device)", num_devices,
                num_processes, num_steps, steps_per_epoch, config.batch_size, config.batch_size // num_devices)
 
@@ -503,7 +567,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   predict_step = make_predict_step(config, model, mesh)
 
   writer = metric_writers.MetricWriter(workdir, enabled=is_main)
-  stop = StopRequest()
+  stop = StopRequest(mesh)
   progress = None
   if is_main and config.progress_bar and sys.stderr.isatty():
     from tqdm import tqdm
@@ -518,17 +582,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # Loop.
   pending = []  # per-step metrics, still on the devices
-  batches = None
+  batches = prefetch_to_devices(
+      train_batch_stream(train_source, start_step, steps_per_epoch, config.batch_size, config.seed), mesh,
+      size=config.data.prefetch)
   last_log_time, last_log_step = time.time(), start_step
   summary: Dict[str, Any] = {}
   status = "finished"
   try:
     for step in range(start_step, num_steps):
-      epoch, position = divmod(step, steps_per_epoch)
-      if batches is None or position == 0:
-        batches = source.train_batches(epoch, position, config.batch_size, config.seed)
-      state, step_metrics = train_step(state, to_devices(next(batches), mesh))
+      state, step_metrics = train_step(state, next(batches), stop.flags(step))
       pending.append(step_metrics)
+      stop_now = stop.should_stop(step_metrics)  # reads step - STOP_LAG: the same answer on every process
       done = step + 1
       end_of_epoch = done % steps_per_epoch == 0
       save_now = (done % config.checkpoint_every_steps == 0 if config.checkpoint_every_steps > 0
@@ -536,7 +600,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       eval_now = has_eval and end_of_epoch and (done // steps_per_epoch) % config.eval_every_epochs == 0
       # Saving (also after SIGTERM) and evaluating are log steps: a state is never saved unchecked.
       log_now = (done % config.log_every_steps == 0 or done == start_step + 1 or save_now or eval_now
-                 or (stop.requested and num_processes == 1))
+                 or stop_now)
       if progress is not None:
         progress.update(1)
 
@@ -548,7 +612,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           raise NonFiniteLossError(
               f"non-finite loss or gradient in the {len(host)} steps up to step {done} (lr "
               f"{float(learning_rate_fn(done - 1)):.3g}). Stopped without saving; the last good checkpoint "
-              f"is step {checkpoints.latest_step()} in {workdir}/checkpoints. Lower the learning rate "
+              f"is step {checkpoints.latest_step()} in {workdir / 'checkpoints'}. Lower the learning rate "
               "or check the inputs.")
         now = time.time()
         count = sum(float(m["count"]) for m in host)
@@ -578,7 +642,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         last_log_time = time.time()  # evaluation time is not training time
       if save_now:
         save(done)
-      if stop.should_stop(sync=log_now):
+      if stop_now:
         save(done)
         status = "preempted"
         logging.warning("stopped at step %d after SIGTERM; rerun the same command to resume", done)
@@ -601,9 +665,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         logging.info("test (%s, step %d): accuracy %.4f UAR %.4f macro-F1 %.4f",
                      "best validation checkpoint" if use_best else "final parameters", test["checkpoint_step"],
                      test["accuracy"], test["uar"], test["macro_f1"])
-        with open(os.path.join(workdir, "test_metrics.json"), "w") as f:
-          json.dump(test, f, indent=1)
+        (workdir / "test_metrics.json").write_text(json.dumps(test, indent=1))
   finally:
+    batches.close()  # ends the input pipeline's iterators
     if progress is not None:
       progress.close()
     writer.close()

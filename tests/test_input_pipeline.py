@@ -145,31 +145,37 @@ _DEVICE_SCRIPT = textwrap.dedent("""
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     import numpy as np, jax
     from jax.sharding import PartitionSpec as P
-    from avtca_jax import input_pipeline
+    from avtca_jax import data_sources, input_pipeline, train
     d = sys.argv[1]
     assert jax.device_count() == 2, jax.devices()
-    mesh = jax.make_mesh((2,), ("data",))
+    mesh = train.create_mesh()
     ds = input_pipeline.create_dataset(d, "fold1_test", batch_size=12, train=False)
     host = list(ds.as_numpy_iterator())
-    placed = list(input_pipeline.iterate_on_devices(ds, mesh))
+    placed = list(train.prefetch_to_devices(iter(host), mesh, size=2))
     assert len(placed) == len(host) == 3
     for h, p in zip(host, placed):
-      assert set(p) == set(h)
+      assert set(p) == set(h) - {"actor"}
       for k, v in p.items():
         assert isinstance(v, jax.Array) and v.sharding.spec == P("data"), (k, v.sharding)
         assert [s.data.shape[0] for s in v.addressable_shards] == [6, 6]
         np.testing.assert_array_equal(np.asarray(v), h[k])
     arrays = input_pipeline.load_split(d, "fold1_test")
     assert arrays["frames"].shape == (32, 15, 32, 32, 3)
-    on_devices = input_pipeline.load_split_to_devices(arrays, mesh)
-    batches = list(input_pipeline.device_batches(on_devices, mesh, batch_size=12, train=False))
-    assert [int(np.asarray(b["mask"]).sum()) for b in batches] == [12, 12, 8]
-    assert batches[0]["frames"].sharding.spec == P("data")
-    np.testing.assert_array_equal(np.asarray(batches[0]["mfcc"]), arrays["mfcc"][:12])
-    train = list(input_pipeline.device_batches(on_devices, mesh, batch_size=8, train=True, seed=1, num_epochs=2))
-    assert len(train) == 8
-    seen = np.concatenate([np.asarray(b["mfcc"])[:, 0, 0] for b in train[:4]])
-    assert sorted(seen.tolist()) == sorted(arrays["mfcc"][:, 0, 0].tolist())
+    cache = data_sources.DeviceCache(arrays, mesh)
+    assert cache.steps_per_epoch(8) == 4 and cache.nbytes > arrays["frames"].nbytes
+    epoch = list(cache.train_batches(0, 0, 8, seed=1))
+    assert len(epoch) == 4 and epoch[0]["frames"].sharding.spec == P("data")
+    seen = np.concatenate([np.asarray(b["mfcc"])[:, 0, 0] for b in epoch])
+    assert sorted(seen.tolist()) == sorted(arrays["mfcc"][:, 0, 0].tolist())  # every clip once per epoch
+    # The same clips, in the same order, as the in-memory source; resuming at step 2 continues the epoch.
+    in_memory = list(data_sources.ArraySource({"train": arrays}).train_batches(0, 0, 8, seed=1))
+    for a, b in zip(epoch, in_memory):
+      for k in ("mfcc", "frames", "label"):
+        np.testing.assert_array_equal(np.asarray(a[k]), b[k])
+    resumed = list(cache.train_batches(0, 2, 8, seed=1))
+    np.testing.assert_array_equal(np.asarray(resumed[0]["mfcc"]), np.asarray(epoch[2]["mfcc"]))
+    other = next(cache.train_batches(1, 0, 8, seed=1))
+    assert not np.array_equal(np.asarray(other["mfcc"]), np.asarray(epoch[0]["mfcc"]))
     print("OK")
 """)
 

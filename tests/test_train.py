@@ -151,6 +151,18 @@ def test_one_and_two_devices_give_the_same_parameters(tmp_path, two_device_state
   assert_trees_equal(one["batch_stats"], two_device_state["batch_stats"], exact=False, atol=1e-2, rtol=1e-3)
 
 
+def test_device_cache_gives_the_same_parameters_as_the_host_input(tmp_path, two_device_state, compile_cache):
+  """config.data.device_cache: the split on the devices, batches gathered there in the in-memory source's
+  order (data_sources.train_indices), so the same step sees the same inputs: exactly the same result."""
+  workdir = tmp_path / "device_cache"
+  result = train(workdir, *DP, "--config.data.device_cache=True", "--config.data.prefetch=1", devices=2,
+                 cache=compile_cache)
+  assert "training split on the devices: 128 clips" in result.stderr
+  state = final_state(workdir)
+  assert_trees_equal(state["params"], two_device_state["params"], exact=True)
+  assert_trees_equal(state["batch_stats"], two_device_state["batch_stats"], exact=True)
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(("localhost", 0))
