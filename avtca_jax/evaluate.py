@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from avtca_jax import checkpointing, checkpoint_kinds, console, data_sources, metrics as metrics_lib
+from avtca_jax import checkpointing, compilation_cache, checkpoint_kinds, console, data_sources, metrics as metrics_lib
 from avtca_jax import train as train_lib
 from avtca_jax.checkpoint_kinds import default_checkpoint, load_config  # noqa: F401  (public here too)
 
@@ -147,6 +147,7 @@ def define_flags():
   config_flags.DEFINE_config_file("config", None, "Dataset settings (configs/ravdess.py:foldK) for a converted "
                                   "or PyTorch checkpoint; its data block is used.", lock_config=False)
   flags.DEFINE_bool("verbose", False, "Library log messages and full error tracebacks.")
+  flags.DEFINE_string("compilation_cache", "", "JAX's persistent compilation cache folder (default $AVTCA_COMPILATION_CACHE or ~/.cache/avtca_jax/jax; none: off)")
   flags.DEFINE_string("split", "test", "train, validation or test (of the run's protocol).")
   flags.DEFINE_list("remove", ["audio_zeros", "video_zeros"], f"Streams to remove, from {REMOVALS}; '' for none.")
   flags.DEFINE_string("output_dir", None, "Default: WORKDIR/eval.")
@@ -157,6 +158,7 @@ def define_flags():
 def main(argv):
   del argv
   console.configure_logging(FLAGS.verbose)
+  compilation_cache.enable(FLAGS.compilation_cache)
   overrides = {"data.data_dir": FLAGS.data_dir} if FLAGS.data_dir else None
   try:
     results = evaluate(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, [r for r in FLAGS.remove if r],

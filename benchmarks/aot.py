@@ -241,7 +241,8 @@ def compile_step(config, mesh, which: str = "train", stored_image_size: Optional
   batch = train.abstract_batch(config, config.batch_size, mesh, stored_image_size)
   if which == "train":
     step = train.make_train_step(config, model, tx, mesh)
-    args = (state, batch)
+    stop_flags = jax.ShapeDtypeStruct((mesh.size,), jax.numpy.int32, sharding=NamedSharding(mesh, P("data")))
+    args = (state, batch, stop_flags)
   else:
     step = train.make_predict_step(config, model, mesh)
     batch = {k: v for k, v in batch.items()}

@@ -27,6 +27,8 @@ import numpy as np
 
 def _jax_runner(batch_size: int, steps: int, num_eval: int, members: int = 1):
   import jax
+  from avtca_jax import compilation_cache
+  compilation_cache.enable()  # $AVTCA_COMPILATION_CACHE=none: cold compiles
   import jax.numpy as jnp
   import optax
 

@@ -86,6 +86,8 @@ def _pipeline_rate(data_path, *, host_augment: bool, cache: bool, batches: int, 
 
 def _device_augment_cost(image_size: int, repeats: int):
   import jax
+  from avtca_jax import compilation_cache
+  compilation_cache.enable()  # $AVTCA_COMPILATION_CACHE=none: cold compiles
   import jax.numpy as jnp
   from avtca_jax import augment
   from avtca_jax.models.avtca import frames_from_uint8

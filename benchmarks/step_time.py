@@ -68,7 +68,8 @@ def run_jax(batch_size, dtype, fusion, repeats, warmup, conv_impl, eval_repeats,
                             "label": rng.integers(0, 8, batch_size).astype(np.int32),
                             "mask": np.ones(batch_size, bool)}, mesh)
   step = train.make_train_step(config, model, tx, mesh)
-  lowered = step.lower(state, batch)
+  no_stop = jax.device_put(np.zeros(1, np.int32), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+  lowered = step.lower(state, batch, no_stop)
   start = time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
@@ -80,12 +81,12 @@ def run_jax(batch_size, dtype, fusion, repeats, warmup, conv_impl, eval_repeats,
   bytes_accessed = float(cost.get("bytes accessed", float("nan"))) if cost else float("nan")
 
   for _ in range(warmup):
-    state, step_metrics = compiled(state, batch)
+    state, step_metrics = compiled(state, batch, no_stop)
   jax.block_until_ready(state)
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    state, step_metrics = compiled(state, batch)
+    state, step_metrics = compiled(state, batch, no_stop)
     jax.block_until_ready(step_metrics)
     times.append(time.perf_counter() - start)
   loss = step_metrics["loss_sum"] / step_metrics["count"]
