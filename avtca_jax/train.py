@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import difflib
+import functools
 import json
 import os
 import signal
