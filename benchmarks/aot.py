@@ -431,6 +431,8 @@ def run(args, log=print) -> dict:
   def config_fn(batch, num_devices=target.num_devices):
     config = step_config(args.variant, batch, num_devices, args.dtype, args.remat, args.fusion,
                          args.image_size, args.num_frames, args.modality_dropout)
+    if args.conv_impl:
+      config.conv_impl = args.conv_impl
     if args.bare:  # the step benchmarks.step_time times against PyTorch's
       config.modality_dropout, config.flip_rotate = "none", False
     return config
@@ -465,10 +467,16 @@ def run(args, log=print) -> dict:
     report["largest"] = {"batch_per_device": best_batch, "memory": best["memory"], "probes": probes,
                          "memory_model": model}
   cost, cost_source = best.get("cost"), target.platform
+  if cost is None and args.skip_cpu_cost:
+    report["estimate"] = None
+    log(markdown_row(report))
+    return report
   if cost is None:  # the GPU compiler gives no cost analysis: the same step compiled for the CPU
-    cpu_config = config_fn(best_batch, num_devices=1)
+    cost_batch = min(best_batch, 8)  # FLOPs and bytes per clip do not depend on the batch
+    cpu_config = config_fn(cost_batch, num_devices=1)
     cpu_config.conv_impl = report["conv_impl"]  # the target's formulation, not the CPU's
     cost = compile_step(cpu_config, data_mesh(jax.devices("cpu")[:1]))["cost"]
+    cost = {k: v * best_batch / cost_batch for k, v in cost.items()}
     cost_source = "cpu compile of the same step"
   report["cost_source"] = cost_source
   report["estimate"] = estimate(cost, best_batch, chip, args.dtype)
@@ -500,6 +508,10 @@ def parse_args(argv=None):
   parser.add_argument("--probes", type=lambda v: tuple(int(x) for x in v.split(",") if x), default=(),
                       help="extra per-device batches to compile before predicting (e.g. 16)")
   parser.add_argument("--skip_eval_step", action="store_true", help="compile the train step only")
+  parser.add_argument("--skip_cpu_cost", action="store_true",
+                      help="GPU targets: no CPU compile for FLOPs and bytes (memory only)")
+  parser.add_argument("--conv_impl", choices=("auto", "grouped", "slices"), default=None,
+                      help="depthwise-conv form (default: the config's 'auto', chosen for the target platform)")
   parser.add_argument("--autodiff_backward", action="store_true",
                       help="batch norm and max-pool by autodiff instead of their hand-written backward passes")
   parser.add_argument("--gpu_memory_fraction", type=float, default=0.75,
