@@ -88,3 +88,21 @@ def test_train_step_compiles_for_a_multi_host_tpu_slice(tmp_path):
   assert [p for p in report["eval"]["entry_parameters"] if p.startswith("u8[")] == ["u8[2,15,32,32,3]"]
   assert report["conv_impl"] == "grouped"  # backend choice made for the TPU, not for this CPU
   assert report["estimate"]["flops_per_clip"] > 0 and report["cost_source"] == "tpu"
+
+
+def test_side_by_side_table_for_the_gpu_script(tmp_path):
+  """benchmarks/gpu.sh's last step: measured step times beside the AOT roofline of the same dtype."""
+  from benchmarks import side_by_side
+  steps = {"step": [{"batch_size": 32, "dtype": "float32",
+                     "jax": {"step": {"median_s": 0.1}}, "torch": {"step": {"median_s": 0.4}}}]}
+  report = {"dtype": "float32", "estimate": {"roofline_clips_per_s": 800.0}, "largest": {"batch_per_device": 96}}
+  (tmp_path / "gpu_step_float32.json").write_text(json.dumps(steps))
+  (tmp_path / "aot_local_float32.json").write_text(json.dumps(report))
+  found_steps, estimates = side_by_side.load([str(tmp_path / "gpu_step_float32.json"),
+                                               str(tmp_path / "aot_local_float32.json")])
+  row = side_by_side.table(found_steps, estimates).splitlines()[-1]
+  assert row == "| float32 | 32 | 0.1000 | 0.4000 | 4.00x | 320.0 | 800 | 40% | 96 |"
+
+
+def test_gpu_script_is_valid_bash():
+  assert subprocess.run(["bash", "-n", os.path.join(REPO, "benchmarks", "gpu.sh")]).returncode == 0
