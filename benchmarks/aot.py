@@ -341,6 +341,12 @@ def find_largest(config_fn, mesh, chip, platform, fraction, probes=(8,), multipl
   best = fitting[-1]
   while len(tried) < max_compiles + len(known or {}) and batch not in tried:
     tried[batch] = _try(config_fn, mesh, chip, platform, fraction, batch, log)
+    if tried[batch][0] and recomputes(tried[batch][1], batch, fixed, per_clip):
+      # Below the line: the compiler rematerialised to stay under its memory limit (XLA:GPU does, given
+      # the device's memory): it fits only by recomputing activations, i.e. more FLOPs per clip.
+      log(f"  batch {batch}/device: {tried[batch][1]['memory']['total'] / 2**30:.2f} GiB is below the line's "
+          f"{(fixed + batch * per_clip) / 2**30:.2f} GiB: the compiler recomputes to fit; counted as not fitting")
+      tried[batch] = (False, dict(tried[batch][1], recomputes=True))
     if tried[batch][0]:
       best = max(best, batch)
     failing = [b for b, (ok, _) in tried.items() if not ok]
@@ -348,10 +354,17 @@ def find_largest(config_fn, mesh, chip, platform, fraction, probes=(8,), multipl
       break
     batch = batch + multiple if tried[batch][0] else batch - multiple
   probes_out = [{"batch_per_device": b, "fits": ok, "total_bytes": (r or {}).get("memory", {}).get("total"),
-                 "compile_s": (r or {}).get("compile_s")} for b, (ok, r) in sorted(tried.items())]
+                 "compile_s": (r or {}).get("compile_s"), "recomputes": bool((r or {}).get("recomputes"))}
+                for b, (ok, r) in sorted(tried.items())]
   bracketed = any(not ok and b == best + multiple for b, (ok, _) in tried.items())
   return best, tried[best][1], probes_out, {"fixed_bytes": fixed, "bytes_per_clip": per_clip,
                                             "predicted_largest": predicted, "bracketed": bracketed}
+
+
+def recomputes(result: dict, batch: int, fixed: float, per_clip: float, tolerance: float = 0.03) -> bool:
+  """True when a compiled step's memory is well below the batch's linear memory model: the compiler
+  rematerialised activations to fit its memory limit instead of keeping them."""
+  return result["memory"]["total"] < (1.0 - tolerance) * (fixed + batch * per_clip)
 
 
 def estimate(cost: dict, batch_per_device: int, chip: hardware.Chip, dtype: str) -> dict:
