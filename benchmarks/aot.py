@@ -484,6 +484,16 @@ def run(args, log=print) -> dict:
     report["estimate"] = None
     log(markdown_row(report))
     return report
+  if cost is None and args.cost_from:  # per-clip FLOPs and bytes of the same step from an earlier report
+    with open(args.cost_from) as f:
+      donor = json.load(f)
+    same = all(donor[k] == report[k] for k in ("dtype", "remat", "variant", "fusion", "image_size", "num_frames",
+                                                  "modality_dropout", "flip_rotate", "conv_impl", "matmul_precision"))
+    if not same:
+      raise SystemExit(f"error: --cost_from {args.cost_from} is a report of another step configuration")
+    est = donor["estimate"]
+    cost = {"flops": est["flops_per_clip"] * best_batch, "bytes_accessed": est["bytes_per_clip"] * best_batch}
+    cost_source = f"{donor['cost_source']} (from {os.path.basename(args.cost_from)})"
   if cost is None:  # the GPU compiler gives no cost analysis: the same step compiled for the CPU
     cost_batch = min(best_batch, 8)  # FLOPs and bytes per clip do not depend on the batch
     cpu_config = config_fn(cost_batch, num_devices=1)
@@ -521,6 +531,8 @@ def parse_args(argv=None):
   parser.add_argument("--probes", type=lambda v: tuple(int(x) for x in v.split(",") if x), default=(),
                       help="extra per-device batches to compile before predicting (e.g. 16)")
   parser.add_argument("--skip_eval_step", action="store_true", help="compile the train step only")
+  parser.add_argument("--cost_from", default="", metavar="JSON",
+                      help="GPU targets: per-clip FLOPs and bytes from an earlier report of the same step")
   parser.add_argument("--skip_cpu_cost", action="store_true",
                       help="GPU targets: no CPU compile for FLOPs and bytes (memory only)")
   parser.add_argument("--conv_impl", choices=("auto", "grouped", "slices"), default=None,
