@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Dict, Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, flags
 import jax
-import ml_collections
 import numpy as np
+from ml_collections import config_flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from avtca_jax import checkpoint_kinds, console, data_sources, metrics as metrics_lib
