@@ -44,8 +44,18 @@ class _ProjectRecordsOnly(logging.Filter):
 _FILTER = _ProjectRecordsOnly()
 
 
+_VERBOSE = False
+
+
+def is_verbose() -> bool:
+  """What the running command's --verbose said (library progress bars follow it too)."""
+  return _VERBOSE
+
+
 def configure_logging(verbose: bool = False) -> None:
   """Quiet libraries (default) or everything (`verbose`). Safe to call more than once."""
+  global _VERBOSE
+  _VERBOSE = verbose
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "3")
   from absl import logging as absl_logging
   # The handlers present now, and the 'absl' logger itself, which catches absl-logged library records even

@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Dict, Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 from etils import epath
 import jax
-import ml_collections
 import numpy as np
+from ml_collections import config_flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from avtca_jax import checkpointing, compilation_cache, checkpoint_kinds, console, data_sources, metrics as metrics_lib

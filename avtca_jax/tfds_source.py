@@ -47,6 +47,9 @@ class TfdsSource:
     logging.info("building the generated dataset %s/generated (first run only)", self.config.data.name)
     builder = tfds.builder(self.config.data.name, data_dir=self.kwargs["data_dir"],
                            config=self.kwargs["config_name"])
+    from avtca_jax import console
+    if not console.is_verbose():  # tfds draws two progress bars per split (52 here); --verbose shows them
+      tfds.display_progress_bar(False)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
 
   def _stored_name(self, split: str) -> str:

@@ -221,7 +221,7 @@ def test_normalized_audio_run_saves_its_statistics_for_predict(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   stats = json.loads((workdir / "mfcc_normalization.json").read_text())
 
-  from avtca_jax import audio_data, evaluate, predict
+  from avtca_jax import audio_data, checkpoint_kinds, evaluate
   data = audio_data.load_ravdess_audio(audio_dir)
   train = audio_data.split_by_protocol(data, "fold1")["train"]["mfcc"]
   assert stats["mode"] == "train"
@@ -230,15 +230,28 @@ def test_normalized_audio_run_saves_its_statistics_for_predict(tmp_path):
 
   config = evaluate.load_config(str(workdir))
   clip = data["mfcc"][0]
-  np.testing.assert_allclose(predict.normalize_like_training(str(workdir), config, clip),
-                             (clip - train.mean(axis=(0, 1))) / train.std(axis=(0, 1)), rtol=1e-4, atol=1e-4)
+  expected = (clip - train.mean(axis=(0, 1))) / train.std(axis=(0, 1))
+
+  def normalized(config):
+    stats = checkpoint_kinds.mfcc_normalization(str(workdir), config)
+    return audio_data.normalize_clips(clip, stats["mode"], stats)
+
+  np.testing.assert_allclose(normalized(config), expected, rtol=1e-4, atol=1e-4)
+  # The loaded run's forward (what predict and export run) applies them: same logits as the model on
+  # the normalised clip.
+  import jax
+  from avtca_jax import train as train_lib
+  loaded = checkpoint_kinds.load(str(workdir))
+  model = train_lib.create_model(loaded.config)
+  direct = model.apply(loaded.variables, expected[None].astype(np.float32), None, train=False)
+  np.testing.assert_allclose(np.asarray(jax.jit(loaded.forward())(clip[None])), np.asarray(direct), rtol=1e-4,
+                             atol=1e-4)
   config.data.normalize = "clip"
-  normalized = predict.normalize_like_training(str(workdir), config, clip)
-  np.testing.assert_allclose(normalized.mean(axis=0), 0.0, atol=1e-4)
+  np.testing.assert_allclose(normalized(config).mean(axis=0), 0.0, atol=1e-4)
   config.data.normalize = "speaker"
   with pytest.raises(ValueError, match="speaker"):
-    predict.normalize_like_training(str(workdir), config, clip)
+    normalized(config)
   (workdir / "mfcc_normalization.json").unlink()
   config.data.normalize = "train"
   with pytest.raises(FileNotFoundError, match="mfcc_normalization.json"):
-    predict.normalize_like_training(str(workdir), config, clip)
+    normalized(config)

@@ -345,6 +345,7 @@ def test_preprocess_directory_with_bad_inputs(tmp_path):
   assert report == json.loads((out / "report.json").read_text())
   assert sorted(report["written"]) == ["01-01-04-01-01-01-05", "01-01-07-02-02-01-01_1"]
   assert report["clips_skipped"] == 5 and report["frames_filled"] == 0
+  assert report["clips_found"] == 7 == report["clips_written"] + report["clips_cached"] + report["clips_skipped"]
   assert report["tensorflow_loaded_in_workers"] is False
   reasons = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
   assert "VideoError" in reasons[truncated.name] and "truncated" in reasons[truncated.name]
@@ -361,4 +362,52 @@ def test_preprocess_directory_with_bad_inputs(tmp_path):
 
   again = preprocess_directory(root, out, workers=0, progress=False)  # resumes: nothing good is redone
   assert again["written"] == [] and sorted(again["cached"]) == sorted(report["written"])
-  assert again["clips_skipped"] == 5
+  assert again["clips_skipped"] == 5 and again["clips_found"] == 7
+  assert [r["written"] for r in again["runs"]] == [2, 0] and [r["cached"] for r in again["runs"]] == [0, 2]
+
+
+@needs_data
+def test_preprocess_cli_follows_symlinks_takes_an_audio_folder_and_redoes_a_replaced_clip(tmp_path, capsys):
+  """`python -m avtca_jax.preprocess`: a symlinked Actor folder is searched, the take's audio comes from
+  --audio, a rerun is cached and the report accumulates runs; a video replaced under the same name (a
+  truncated copy) is processed again, not reported as cached, and the exit status says so."""
+  from avtca_jax import preprocess
+  from avtca_jax.preprocessing.clips import load_clip
+  store, inputs, audio, out = (tmp_path / d for d in ("store", "input", "audio", "out"))
+  (store / "Actor_05").mkdir(parents=True)
+  inputs.mkdir()
+  audio.mkdir()
+  clip = store / "Actor_05" / "01-01-04-01-01-01-05.mp4"
+  clip.write_bytes((DATA / "video_actor05" / clip.name).read_bytes())
+  (inputs / "Actor_05").symlink_to(store / "Actor_05", target_is_directory=True)
+  partner = audio / "03-01-04-01-01-01-05.flac"
+  partner.symlink_to(DATA / "audio_speech_48k_actor05" / partner.name)
+  argv = ["--input", str(inputs), "--audio", str(audio), "--output", str(out), "--workers", "0"]
+
+  assert preprocess.main(argv) == 0
+  assert "clips found 1 = written 1 + cached from an earlier run 0 + skipped 0" in capsys.readouterr().out
+  assert load_clip(out / "01-01-04-01-01-01-05.npz")["audio_source"] == str(partner)
+  assert preprocess.main(argv) == 0
+  assert "clips found 1 = written 0 + cached from an earlier run 1 + skipped 0" in capsys.readouterr().out
+
+  clip.write_bytes(clip.read_bytes()[:1_000_000])  # same name, other content
+  assert preprocess.main(argv) == 1
+  printed = capsys.readouterr().out
+  assert "clips found 1 = written 0 + cached from an earlier run 0 + skipped 1" in printed
+  assert "truncated" in printed
+  report = json.loads((out / "report.json").read_text())
+  assert [(r["written"], r["cached"], r["skipped"]) for r in report["runs"]] == [(1, 0, 0), (0, 1, 0), (0, 0, 1)]
+  assert report["audio_input"] == str(audio.resolve())
+
+
+def test_preprocess_worker_runs_one_torch_thread():
+  """Workers default to one per core, each with one torch thread (more threads per worker only contend)."""
+  import torch
+  from avtca_jax.preprocessing import clips
+  before = torch.get_num_threads()
+  try:
+    torch.set_num_threads(3)
+    clips._init_worker()
+    assert torch.get_num_threads() == 1
+  finally:
+    torch.set_num_threads(before)

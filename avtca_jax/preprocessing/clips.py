@@ -136,8 +136,9 @@ def _cached_ok(path: Path, config: PreprocessConfig, source: str) -> bool:
 # ---------------------------------------------------------------------------------------------------- workers
 
 def _init_worker() -> None:
-  """One torch and OpenCV thread per worker process: with one worker per core, more threads only contend
-  (measured 3-4x slower per clip under load with 2 threads per worker on 2 cores)."""
+  """One torch and OpenCV thread per worker process: workers default to one per core, and more threads per
+  worker only contend for the same cores (issue 14 measured 2 threads per worker on 2 busy cores 3-4x
+  slower per clip than 1)."""
   import cv2
   import torch
   torch.set_num_threads(1)
