@@ -432,7 +432,9 @@ def local_target():
 def run(args, log=print) -> dict:
   import jax
   from avtca_jax import compilation_cache, train
-  compilation_cache.enable(args.compilation_cache)
+  # A deviceless executable cannot be loaded back from JAX's persistent cache (no client to load it into:
+  # "PjRtCompiler must be constructed with a Client"), so the cache serves `--target=local` only.
+  compilation_cache.enable(args.compilation_cache if args.target == "local" else "none")
   if args.target == "local":
     target, devices = local_target()
   else:
