@@ -400,6 +400,7 @@ def main(argv=None):
     args.conv_impl = "grouped"  # compiles faster; speed is not the point of --quick
     # Batch 1 like the step suite's quick row, so a `--suite=step,train --quick` run reuses that row.
     args.train_batch_size, args.train_steps, args.train_log_every, args.train_conv_impl = 1, 6, 2, "grouped"
+    args.train_device_cache = False  # CI time; the trainer's tests cover the device cache
   os.makedirs(args.workdir, exist_ok=True)
   command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
   results = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
