@@ -30,6 +30,7 @@ import os
 from typing import Dict, List, Optional
 
 import numpy as np
+from etils import epath
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tensorflow as tf  # noqa: E402
@@ -51,9 +52,9 @@ BATCH_KEYS = ("mfcc", "frames", "label", "actor", "mask")
 def get_builder(builder_name_or_dir: str = "ravdess", *, data_dir: Optional[str] = None,
                 config_name: Optional[str] = None) -> tfds.core.DatasetBuilder:
   """A prepared builder: a registered name ('ravdess', 'ravdess/generated') or a dataset version folder."""
-  path = os.path.expanduser(str(builder_name_or_dir))
-  if os.path.isfile(os.path.join(path, "dataset_info.json")):
-    return tfds.builder_from_directory(path)
+  path = epath.Path(builder_name_or_dir).expanduser()  # a local folder or gs://..., as tfds reads both
+  if (path / "dataset_info.json").exists():
+    return tfds.builder_from_directory(str(path))
   bundled.ravdess_builder()  # registers 'ravdess'
   builder = tfds.builder(builder_name_or_dir, data_dir=data_dir, config=config_name)
   if not builder.is_prepared():
