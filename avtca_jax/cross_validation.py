@@ -149,11 +149,23 @@ class Preempted(Exception):
   """A run stopped on SIGTERM: the cross-validation stops too; rerunning resumes it."""
 
 
+SECONDS_FILE = "cross_validation_seconds.json"
+
+
 def _train_and_test(config, workdir: str, removals: Sequence[str], allow_config_change: bool):
-  """({mode: metrics} on the test split, seconds) of one run, trained (or resumed) in `workdir`."""
+  """({mode: metrics} on the test split, seconds) of one run, trained (or resumed) in `workdir`.
+
+  Seconds are the wall time of the calls that trained (compilation and the final test included), summed
+  over resumptions and kept in the run's SECONDS_FILE, so re-reading a finished run reports its training
+  time, not the time to re-read it."""
+  record = epath.Path(workdir) / SECONDS_FILE
+  finished_before = (epath.Path(workdir) / "test_metrics.json").exists()
+  seconds = json.loads(record.read_text())["seconds"] if record.exists() else 0.0
   start = time.perf_counter()
   summary = train_lib.train_and_evaluate(config, workdir, allow_config_change=allow_config_change)
-  seconds = time.perf_counter() - start
+  if not finished_before or not record.exists():
+    seconds += time.perf_counter() - start
+    record.write_text(json.dumps({"seconds": seconds}))
   if summary["status"] != "finished":
     raise Preempted(f"{workdir} stopped ({summary['status']}) before its last step; rerun the same command "
                     "to resume it")

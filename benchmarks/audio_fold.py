@@ -78,6 +78,8 @@ def train_fold_torch(parts, epochs: int = 100, seed: int = 1, batch_size: int = 
       optimizer.step()
     accuracy = float(np.mean(logits_of(tensors["validation"][0]).argmax(-1) == parts["validation"]["label"]))
     history.append(accuracy)
+    if epoch % 10 == 0:
+      print(f"  epoch {epoch}: validation {100 * accuracy:.1f}% ({time.perf_counter() - start:.0f} s)", flush=True)
     if accuracy > best_accuracy:  # the original saves the model on a strictly better validation accuracy
       best_accuracy, best_epoch = accuracy, epoch
       best_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -241,6 +243,9 @@ def main(argv=None):
   parser.add_argument("--epochs", type=int, default=100, help="the original's epochs (100)")
   parser.add_argument("--audio_dir", default=None)
   parser.add_argument("--json", default="", help="results file; rerunning skips the runs already in it")
+  parser.add_argument("--threads", type=int, default=0,
+                      help="torch.set_num_threads (default: torch's own, the machine's cores); 1 wastes less "
+                           "on a machine shared with other jobs")
   parser.add_argument("--per_clip_features", type=int, default=0,
                       help="time the original's per-clip MFCC on this many clips ('as it ships' estimate)")
   parser.add_argument("--compare", default="",
@@ -257,6 +262,9 @@ def main(argv=None):
         ours[name] = json.load(f)
     print(compare(torch_result, ours))
     return
+  if args.threads:
+    import torch
+    torch.set_num_threads(args.threads)
   every = splits.FOLD_SETS[args.fold_set]
   protocols = [every[int(k) - 1] for k in args.folds.split(",")] if args.folds else list(every)
   result = measure(protocols, [int(s) for s in args.seeds.split(",")], epochs=args.epochs,

@@ -150,6 +150,8 @@ def test_cross_validation_resumes_a_preempted_fold_and_never_starts_the_next(tmp
 
   report = cross_validation.run(config, str(tmp_path), folds=(1, 2), removals=[])
   assert report["status"] == "finished" and set(report["runs"]) == {"fold1", "fold2"}
+  again = cross_validation.run(config, str(tmp_path), folds=(1, 2), removals=[])  # re-reads, trains nothing
+  assert again["seconds"] == report["seconds"] and again["runs"] == report["runs"]
   assert report["runs"]["fold1"][0]["both"]["count"] > 0
   from avtca_jax.metric_writers import read_jsonl
   steps = [r["step"] for r in read_jsonl(str(tmp_path / "fold1" / "seed0" / "metrics.jsonl")) if "train/loss" in r]
