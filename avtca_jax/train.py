@@ -91,7 +91,8 @@ def validate_config(config) -> None:
              "batch_norm": ("per_device", "global"), "optimizer": ("sgd", "adam", "adamw"),
              "schedule": ("multistep", "cosine", "constant"), "channel_order": ("rgb", "bgr"),
              "modality_dropout": ("softhard", "noise", "none"),
-             "matmul_precision": ("highest", "high", "default", "float32", "tensorfloat32", "bfloat16")}
+             "matmul_precision": ("highest", "high", "default", "float32", "tensorfloat32", "bfloat16"),
+             "hand_written_backward": ("auto", "on", "off")}
   for key, allowed in choices.items():
     if config[key] not in allowed:
       raise ConfigError(f"config.{key}={config[key]!r}: expected one of {allowed}")
@@ -269,7 +270,7 @@ def create_train_state(config, model, tx, mesh, abstract: bool = False) -> Train
 # ---- Step functions ------------------------------------------------------------------------------------
 
 
-def with_matmul_precision(step_fn, config):
+def traced_for_backend(step_fn, config, platform: str):
   """`step_fn` traced under `config.matmul_precision` (jax's default_matmul_precision: 'highest', 'high',
   'default', ...), which then applies to every matrix product and convolution of the step on every backend.
 
@@ -277,11 +278,15 @@ def with_matmul_precision(step_fn, config):
   bfloat16 (one MXU pass) and recent NVIDIA GPUs to TF32 (10-bit mantissa), which breaks the parity
   tolerances with the PyTorch original. bfloat16 compute (`config.dtype`) is unaffected: its inputs are
   bfloat16 already. 'default' lets each backend take its fast path; see docs/accelerators.md.
+
+  Also traced under `config.hand_written_backward` for `platform` (the batch-norm and max-pool backward
+  passes written for XLA:CPU; autodiff's elsewhere, `layers.hand_written_backward_for`).
   """
+  hand_written = layers.hand_written_backward_for(config.hand_written_backward, platform)
 
   @functools.wraps(step_fn)
   def wrapped(*args):
-    with jax.default_matmul_precision(config.matmul_precision):
+    with jax.default_matmul_precision(config.matmul_precision), layers.hand_written_backward(hand_written):
       return step_fn(*args)
 
   return wrapped
@@ -340,7 +345,7 @@ def make_train_step(config, model, tx, mesh):
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
     return new_state, step_metrics
 
-  sharded = jax.shard_map(with_matmul_precision(train_step, config), mesh=mesh,
+  sharded = jax.shard_map(traced_for_backend(train_step, config, mesh_platform(mesh)), mesh=mesh,
                           in_specs=(P(), P("data"), P("data")), out_specs=(P(), P()))
   options = efficientface.remat_compiler_options(mesh_platform(mesh)) if config.remat else {}
   return jax.jit(sharded, donate_argnums=(0,), compiler_options=options or None)
@@ -372,7 +377,7 @@ def make_predict_step(config, model, mesh):
     logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, mfcc, frames, train=False)
     return logits, labels, batch["mask"]
 
-  sharded = jax.shard_map(with_matmul_precision(predict_step, config), mesh=mesh,
+  sharded = jax.shard_map(traced_for_backend(predict_step, config, mesh_platform(mesh)), mesh=mesh,
                           in_specs=(P(), P("data"), P()), out_specs=P("data"))
   return jax.jit(sharded)
 

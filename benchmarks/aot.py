@@ -35,7 +35,6 @@ Reported per device (JSON, and one markdown row per run for benchmarks/RESULTS.m
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
@@ -206,28 +205,11 @@ def _cost(compiled) -> Optional[dict]:
   return {"flops": float(cost["flops"]), "bytes_accessed": float(cost.get("bytes accessed", 0.0))}
 
 
-@contextlib.contextmanager
-def autodiff_backward(enabled: bool):
-  """While tracing: batch norm and the stem's max-pool differentiated by autodiff instead of their
-  hand-written backward passes (written for XLA:CPU), to compare the two on an accelerator's compiled HLO."""
-  if not enabled:
-    yield
-    return
-  from avtca_jax.models import efficientface, layers
-  saved = layers.batch_norm_train, efficientface.max_pool_3x3_s2
-  layers.batch_norm_train, efficientface.max_pool_3x3_s2 = saved[0].fun, saved[1].fun
-  try:
-    yield
-  finally:
-    layers.batch_norm_train, efficientface.max_pool_3x3_s2 = saved
-
-
 class OutOfMemory(Exception):
   """The compiler itself refused the program for lack of device memory."""
 
 
-def compile_step(config, mesh, which: str = "train", stored_image_size: Optional[int] = None,
-                 autodiff: bool = False) -> dict:
+def compile_step(config, mesh, which: str = "train", stored_image_size: Optional[int] = None) -> dict:
   """Lower and compile the trainer's train (or eval) step for `mesh`; memory, cost and compile time."""
   import jax
   from jax.sharding import NamedSharding, PartitionSpec as P
@@ -248,8 +230,7 @@ def compile_step(config, mesh, which: str = "train", stored_image_size: Optional
     batch = {k: v for k, v in batch.items()}
     args = (state, batch, jax.ShapeDtypeStruct((4,), jax.numpy.float32, sharding=NamedSharding(mesh, P())))
   start = time.perf_counter()
-  with autodiff_backward(autodiff):
-    lowered = step.lower(*args)
+  lowered = step.lower(*args)
   try:
     compiled = lowered.compile()
   except Exception as error:  # XLA raises XlaRuntimeError; its text says RESOURCE_EXHAUSTED on OOM
@@ -448,6 +429,8 @@ def run(args, log=print) -> dict:
                          args.image_size, args.num_frames, args.modality_dropout)
     if args.conv_impl:
       config.conv_impl = args.conv_impl
+    if args.hand_written_backward:
+      config.hand_written_backward = args.hand_written_backward
     if args.bare:  # the step benchmarks.step_time times against PyTorch's
       config.modality_dropout, config.flip_rotate = "none", False
     return config
@@ -464,14 +447,15 @@ def run(args, log=print) -> dict:
                                               "bandwidth_bytes_per_s": chip.hbm_bandwidth, "source": chip.source}}
   log(f"{target.name}: {target.num_devices} x {chip.name} on {target.num_hosts} host(s), {args.dtype}, "
       f"remat={args.remat}, {config.image_size} px, {config.modality_dropout} dropout")
-  report["autodiff_backward"] = args.autodiff_backward
-  at_batch = compile_step(config, mesh, autodiff=args.autodiff_backward)
+  report["hand_written_backward"] = train.layers.hand_written_backward_for(config.hand_written_backward,
+                                                                          target.platform)
+  at_batch = compile_step(config, mesh)
   at_batch["fits"] = fits(at_batch, chip, target.platform, args.gpu_memory_fraction)
   report["at_batch"] = at_batch
   log(f"  train step at {args.batch_per_device}/device: compiled in {at_batch['compile_s']:.0f} s, total "
       f"{at_batch['memory']['total'] / 2**30:.2f} GiB")
   if not args.skip_eval_step:
-    report["eval"] = compile_step(config, mesh, which="eval", autodiff=args.autodiff_backward)
+    report["eval"] = compile_step(config, mesh, which="eval")
     log(f"  eval step at {args.batch_per_device}/device: compiled in {report['eval']['compile_s']:.0f} s, total "
         f"{report['eval']['memory']['total'] / 2**30:.2f} GiB")
   best_batch, best = args.batch_per_device, at_batch
@@ -489,8 +473,9 @@ def run(args, log=print) -> dict:
   if cost is None and args.cost_from:  # per-clip FLOPs and bytes of the same step from an earlier report
     with open(args.cost_from) as f:
       donor = json.load(f)
-    same = all(donor[k] == report[k] for k in ("dtype", "remat", "variant", "fusion", "image_size", "num_frames",
-                                                  "modality_dropout", "flip_rotate", "conv_impl", "matmul_precision"))
+    same = all(donor.get(k) == report.get(k) for k in ("dtype", "remat", "variant", "fusion", "image_size", "num_frames",
+                                                  "modality_dropout", "flip_rotate", "conv_impl", "matmul_precision",
+                                                  "hand_written_backward"))
     if not same:
       raise SystemExit(f"error: --cost_from {args.cost_from} is a report of another step configuration")
     est = donor["estimate"]
@@ -539,8 +524,8 @@ def parse_args(argv=None):
                       help="GPU targets: no CPU compile for FLOPs and bytes (memory only)")
   parser.add_argument("--conv_impl", choices=("auto", "grouped", "slices"), default=None,
                       help="depthwise-conv form (default: the config's 'auto', chosen for the target platform)")
-  parser.add_argument("--autodiff_backward", action="store_true",
-                      help="batch norm and max-pool by autodiff instead of their hand-written backward passes")
+  parser.add_argument("--hand_written_backward", choices=("auto", "on", "off"), default=None,
+                      help="batch-norm and max-pool backward passes written for XLA:CPU (auto: CPU only)")
   parser.add_argument("--gpu_memory_fraction", type=float, default=0.75,
                       help="share of GPU memory a program may use (JAX preallocates 75%% by default)")
   parser.add_argument("--compilation_cache", default="",

@@ -85,6 +85,9 @@ def get_config(arg=None):
   # Precision of float32 matrix products and convolutions (jax default_matmul_precision): 'highest' keeps
   # them float32 on every backend (no TPU bfloat16 pass, no GPU TF32), as the parity tests need.
   config.matmul_precision = "highest"
+  # Batch-norm and max-pool backward passes written for XLA:CPU ('auto': on CPU only; autodiff's elsewhere,
+  # where the compiled step is smaller without them: benchmarks/RESULTS.md section 8). 'on' / 'off' force it.
+  config.hand_written_backward = "auto"
   config.channel_order = "rgb"  # 'bgr' reproduces the original's input contract (and its checkpoints)
   # Batch-norm statistics over each device's batch ('per_device': pmap semantics; with 8 clips per device
   # it is the original single-GPU batch) or over the global batch ('global': one all-reduce per BN layer,

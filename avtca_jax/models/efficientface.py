@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from avtca_jax.models import layers
 from avtca_jax.models.layers import BatchNorm, Conv, Conv1x1, Dense, DepthwiseConv
 
 Dtype = Any
@@ -202,7 +203,8 @@ class EfficientFace(nn.Module):
     def stem(module, x):
       x = Conv(ch[0], (3, 3), strides=2, padding=1, dtype=self.dtype, name="conv1_0")(x)
       x = nn.relu(bn("conv1_1")(x))  # (N, 112, 112, 29)
-      return max_pool_3x3_s2(x)  # (N, 56, 56, 29)
+      pool = max_pool_3x3_s2 if layers.uses_hand_written_backward() else max_pool_3x3_s2.fun  # .fun: autodiff's
+      return pool(x)  # (N, 56, 56, 29)
 
     def head(module, x):
       x = nn.relu(bn("conv5_1")(Conv1x1(ch[4], dtype=self.dtype, name="conv5_0")(x)))  # (N, 7, 7, 1024)

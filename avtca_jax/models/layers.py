@@ -14,6 +14,8 @@ Why custom layers:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 from typing import Any, Callable, Optional, Sequence
 
@@ -49,6 +51,36 @@ def resolve_conv_impl(impl: str, platform: Optional[str] = None) -> str:
   return impl
 
 
+# Hand-written backward passes (train-mode batch norm here, EfficientFace's stem max-pool) were written for
+# XLA:CPU, where they are faster than autodiff's. On a TPU the compiled step is smaller without them
+# (benchmarks/RESULTS.md section 8: less memory and fewer bytes accessed), so they are a per-backend choice,
+# made while the step is traced (`train.make_train_step` sets it for the mesh's platform).
+_HAND_WRITTEN_BACKWARD = contextvars.ContextVar("hand_written_backward", default=True)
+
+
+def hand_written_backward_for(setting: str, platform: Optional[str] = None) -> bool:
+  """config.hand_written_backward ('auto': on CPU only, 'on', 'off') for the compile target's platform."""
+  if setting == "auto":
+    return (platform or jax.default_backend()) == "cpu"
+  if setting not in ("on", "off"):
+    raise ValueError(f"hand_written_backward must be 'auto', 'on' or 'off', got {setting!r}")
+  return setting == "on"
+
+
+@contextlib.contextmanager
+def hand_written_backward(enabled: bool):
+  """Within this block (while a step is traced) use the hand-written backward passes, or autodiff's."""
+  token = _HAND_WRITTEN_BACKWARD.set(bool(enabled))
+  try:
+    yield
+  finally:
+    _HAND_WRITTEN_BACKWARD.reset(token)
+
+
+def uses_hand_written_backward() -> bool:
+  return _HAND_WRITTEN_BACKWARD.get()
+
+
 class BatchNorm(nn.Module):
   """Batch norm with PyTorch semantics.
 
@@ -81,7 +113,8 @@ class BatchNorm(nn.Module):
     x32 = x.astype(jnp.float32)
     count = int(np.prod([x.shape[a] for a in reduce_axes]))
     if self.axis_name is None:
-      y, mean, var = batch_norm_train(x32, scale, bias, self.epsilon)
+      norm = batch_norm_train if uses_hand_written_backward() else batch_norm_train.fun  # .fun: autodiff's
+      y, mean, var = norm(x32, scale, bias, self.epsilon)
     else:
       mean = jax.lax.pmean(jnp.mean(x32, axis=reduce_axes), self.axis_name)
       # Two passes, as PyTorch (see _batch_stats).
