@@ -151,7 +151,7 @@ def default_checkpoint(workdir: str) -> str:
 
 
 def _step_of(directory: str) -> Optional[int]:
-  name = os.path.basename(os.path.normpath(directory))
+  name = epath.Path(directory).name  # local or gs://
   return int(name) if name.isdigit() else None
 
 
@@ -238,6 +238,11 @@ def _load_pytorch(path: str) -> LoadedModel:
   return LoadedModel("pytorch", path, path, original_config(fusion, num_classes), variables)
 
 
+def _absolute(path) -> str:
+  from avtca_jax import checkpointing
+  return str(checkpointing.absolute(path))  # gs://... as given, local paths made absolute
+
+
 def load(path: str) -> LoadedModel:
   """Any checkpoint kind of the module docstring; CheckpointError/FileNotFoundError name the path."""
   path = os.fspath(path)
@@ -245,7 +250,7 @@ def load(path: str) -> LoadedModel:
   workdir = p.parent.parent  # WORKDIR/checkpoints/STEP or WORKDIR/best/STEP
   in_workdir = p.parent.name in ("checkpoints", "best") and (workdir / "config.json").exists()
   if in_workdir and not (p / "conversion.json").exists():  # a step, present or not (the error lists the steps)
-    return _load_workdir(path, os.path.abspath(os.fspath(workdir)), os.path.abspath(path))
+    return _load_workdir(path, _absolute(workdir), _absolute(path))
   if not p.exists():
     raise FileNotFoundError(f"{path}: no such checkpoint (expected a training workdir, a checkpoint step, a "
                             "converted checkpoint folder or a PyTorch .pth file)")
@@ -257,7 +262,7 @@ def load(path: str) -> LoadedModel:
   if (p / "conversion.json").exists():
     return _load_converted(path)
   if (p / "config.json").exists():
-    return _load_workdir(path, os.path.abspath(path), default_checkpoint(path))
+    return _load_workdir(path, _absolute(path), default_checkpoint(path))
   raise CheckpointError(f"{path} is neither a training workdir (no config.json), a checkpoint step inside "
                         "one (WORKDIR/checkpoints/STEP), a converted checkpoint (no conversion.json) nor a "
                         "PyTorch .pth file")

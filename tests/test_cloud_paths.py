@@ -198,7 +198,8 @@ def test_train_resume_evaluate_and_cross_validate_in_a_gs_workdir(fake_gcs):
   assert (local / "eval" / "validation_both_confusion.png").read_bytes()[:4] == b"\x89PNG"
 
   report = cross_validation.run(_config(), f"{BUCKET}/cv", folds=(1,), removals=())
-  assert report["per_fold"]["fold1"]["both"]["count"] == 8
+  seed = int(_config().seed)
+  assert report["status"] == "finished" and report["runs"]["fold1"][seed]["both"]["count"] == 8
   cv = fake_gcs / "avtca-test-bucket" / "cv"
   assert {"cross_validation.json", "cross_validation.md", "fold1"} <= {p.name for p in cv.iterdir()}
-  assert (cv / "fold1" / "eval" / "test_summary.json").exists()
+  assert (cv / "fold1" / f"seed{seed}" / "test_metrics.json").exists()
