@@ -92,19 +92,11 @@ class LoadedModel:
 # ---- Configs -------------------------------------------------------------------------------------------
 
 
-def _flatten(tree, prefix=""):
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      out[prefix + key] = tuple(value) if isinstance(value, list) else value
-  return out
 
 
 def load_config(workdir: str, overrides: Optional[Dict] = None) -> ml_collections.ConfigDict:
   """The run's config: its variant's defaults updated with the stored config.json (so types stay right)."""
-  from avtca_jax import train as train_lib
+  from avtca_jax import checkpointing, train as train_lib
   path = epath.Path(workdir) / "config.json"
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
@@ -114,7 +106,7 @@ def load_config(workdir: str, overrides: Optional[Dict] = None) -> ml_collection
     raise CheckpointError(f"{path} is not valid JSON ({error}): restore it from the run that wrote it") from error
   config = train_lib.default_config(stored.get("variant", "default"))
   try:
-    config.update_from_flattened_dict(_flatten(stored))
+    config.update_from_flattened_dict(checkpointing.flatten(stored, lists_as_tuples=True))
     for key, value in (overrides or {}).items():
       config.update_from_flattened_dict({key: value})
   except (KeyError, AttributeError) as error:

@@ -52,19 +52,21 @@ def model_descriptor(config) -> Dict[str, Any]:
   return out
 
 
-def _flatten(tree, prefix=""):
+def flatten(tree, prefix: str = "", lists_as_tuples: bool = False) -> Dict[str, Any]:
+  """{'a.b': value} of a nested config dict (its JSON form). `lists_as_tuples` turns JSON lists back into
+  the tuples a ConfigDict holds, for `update_from_flattened_dict`."""
   out = {}
   for key, value in tree.items():
     if isinstance(value, dict):
-      out.update(_flatten(value, f"{prefix}{key}."))
+      out.update(flatten(value, f"{prefix}{key}.", lists_as_tuples))
     else:
-      out[prefix + key] = value
+      out[prefix + key] = tuple(value) if lists_as_tuples and isinstance(value, list) else value
   return out
 
 
 def run_identity(config_json: Dict[str, Any]) -> Dict[str, Any]:
   """The flattened resolved config (as JSON: tuples are lists) without the run-independent keys."""
-  return {k: v for k, v in sorted(_flatten(config_json).items())
+  return {k: v for k, v in sorted(flatten(config_json).items())
           if k not in RUN_INDEPENDENT_KEYS and not k.startswith(RUN_INDEPENDENT_PREFIXES)}
 
 

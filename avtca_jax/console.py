@@ -150,3 +150,18 @@ def parse_flags(argv):
       raise
     print(f"error: {message} (--helpshort lists the flags)", file=sys.stderr)
     sys.exit(1)
+
+
+def add_common_arguments(parser) -> None:
+  """--verbose and --compilation_cache, for the argparse CLIs (predict, export)."""
+  parser.add_argument("--verbose", action="store_true", help="library log messages and full error tracebacks")
+  parser.add_argument("--compilation_cache", default="",
+                      help="JAX's persistent compilation cache folder (default $AVTCA_COMPILATION_CACHE or "
+                      "~/.cache/avtca_jax/jax; none: off)")
+
+
+def start(args) -> None:
+  """What every argparse CLI does first: quiet logging (unless --verbose) and the compilation cache."""
+  from avtca_jax import compilation_cache
+  configure_logging(args.verbose)
+  compilation_cache.enable(args.compilation_cache)

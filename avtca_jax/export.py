@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from avtca_jax import compilation_cache, console
+from avtca_jax import console
 
 MODEL_FILE = "model.jaxexport"
 INFO_FILE = "export.json"
@@ -126,11 +126,9 @@ def main(argv=None) -> int:
   parser.add_argument("--output", required=True, help="folder to create (model.jaxexport, export.json)")
   parser.add_argument("--platforms", default=",".join(DEFAULT_PLATFORMS),
                       help="platforms to lower for, comma-separated (cpu, cuda, rocm, tpu)")
-  parser.add_argument("--verbose", action="store_true", help="library log messages and full error tracebacks")
-  parser.add_argument("--compilation_cache", default="", help="JAX's persistent compilation cache folder (default $AVTCA_COMPILATION_CACHE or ~/.cache/avtca_jax/jax; none: off)")
+  console.add_common_arguments(parser)
   args = parser.parse_args(argv)
-  console.configure_logging(args.verbose)
-  compilation_cache.enable(args.compilation_cache)
+  console.start(args)
   try:
     if os.path.exists(args.output) and os.listdir(args.output):
       raise FileExistsError(f"--output {args.output} exists and is not empty: choose a new folder")

@@ -28,7 +28,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from avtca_jax import compilation_cache, console
+from avtca_jax import console
 from avtca_jax.preprocessing.names import EMOTIONS
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a")
@@ -203,11 +203,9 @@ def main(argv=None) -> int:
   parser.add_argument("audio", nargs="?", default=None, help="audio of the same take (a file, or a folder of "
                       "them for a folder of clips); default: the video's own soundtrack")
   parser.add_argument("--output", default=None, help="write per-clip probabilities to FILE.csv or FILE.json")
-  parser.add_argument("--verbose", action="store_true", help="library log messages and full error tracebacks")
-  parser.add_argument("--compilation_cache", default="", help="JAX's persistent compilation cache folder (default $AVTCA_COMPILATION_CACHE or ~/.cache/avtca_jax/jax; none: off)")
+  console.add_common_arguments(parser)
   args = parser.parse_args(argv)
-  console.configure_logging(args.verbose)
-  compilation_cache.enable(args.compilation_cache)
+  console.start(args)
   try:
     if args.output is not None and not args.output.lower().endswith((".csv", ".json")):
       raise ValueError(f"--output {args.output}: expected a .csv or .json file name")

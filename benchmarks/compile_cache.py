@@ -6,7 +6,7 @@ Each compile runs in a fresh process (as the next `cross_validation` fold, seed 
 one cache folder that starts empty: the first process compiles and stores, every later one should load.
 Protocols after the first check that the next fold is the same program (folds of one protocol have equal
 training-clip counts, so equal steps per epoch and learning-rate boundaries). Reported per process: compile
-seconds (`lower(...).compile()`), and JAX's cache events (hits, misses).
+seconds (`benchmarks.aot.compile_step`: lower and compile), and JAX's cache events (hits, misses).
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def worker(variant: str, protocol: str, batch_size: int, image_size: int, steps_per_epoch: int) -> dict:
+def worker(variant: str, protocol: str, batch_size: int, image_size: int) -> dict:
   import jax
-  import numpy as np
-  from jax.sharding import NamedSharding, PartitionSpec as P
   from avtca_jax import compilation_cache, train
+  from benchmarks import aot
 
   events = []
   jax.monitoring.register_event_listener(lambda name, **kwargs: events.append(name))
@@ -35,16 +34,7 @@ def worker(variant: str, protocol: str, batch_size: int, image_size: int, steps_
   config.data.protocol, config.batch_size = protocol, batch_size
   if image_size:
     config.image_size = image_size
-  mesh = train.create_mesh()
-  model = train.create_model(config, train.mesh_platform(mesh))
-  tx = train.create_optimizer(config, train.create_learning_rate_fn(config, steps_per_epoch))
-  state = train.create_train_state(config, model, tx, mesh, abstract=True)
-  batch = train.abstract_batch(config, batch_size, mesh)
-  flags = jax.ShapeDtypeStruct((mesh.size,), np.int32, sharding=NamedSharding(mesh, P("data")))
-  lowered = train.make_train_step(config, model, tx, mesh).lower(state, batch, flags)
-  start = time.perf_counter()
-  lowered.compile()
-  seconds = time.perf_counter() - start
+  seconds = aot.compile_step(config, train.create_mesh())["compile_s"]  # the trainer's step, lower + compile
   return {"protocol": protocol, "compile_s": seconds, "cache": folder,
           "hits": events.count("/jax/compilation_cache/cache_hits"),
           "misses": events.count("/jax/compilation_cache/cache_misses")}
@@ -57,12 +47,11 @@ def main(argv=None):
   p.add_argument("--repeat_first", type=int, default=1, help="extra processes of the first protocol")
   p.add_argument("--batch_size", type=int, default=8)
   p.add_argument("--image_size", type=int, default=0, help="0: the variant's")
-  p.add_argument("--steps_per_epoch", type=int, default=120, help="960 training clips / batch 8 in every fold")
   p.add_argument("--json", default="")
   p.add_argument("--worker", default="", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args.worker:
-    print(json.dumps(worker(args.variant, args.worker, args.batch_size, args.image_size, args.steps_per_epoch)))
+    print(json.dumps(worker(args.variant, args.worker, args.batch_size, args.image_size)))
     return
   protocols = args.protocols.split(",")
   order = [protocols[0]] * (1 + args.repeat_first) + protocols[1:]
@@ -71,8 +60,7 @@ def main(argv=None):
     env = dict(os.environ, AVTCA_COMPILATION_CACHE=cache, TF_CPP_MIN_LOG_LEVEL="3")
     for protocol in order:
       cmd = [sys.executable, "-m", "benchmarks.compile_cache", "--worker", protocol, "--variant", args.variant,
-             "--batch_size", str(args.batch_size), "--image_size", str(args.image_size),
-             "--steps_per_epoch", str(args.steps_per_epoch)]
+             "--batch_size", str(args.batch_size), "--image_size", str(args.image_size)]
       out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=True)
       rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
       print(f"{protocol}: compile {rows[-1]['compile_s']:.1f} s, cache hits {rows[-1]['hits']}, "
