@@ -19,8 +19,12 @@ bare loop + 100 epochs x (train + validation clips) x seconds per clip ('as it s
 Our side runs separately through the one trainer (`python -m avtca_jax.cross_validation`, same folds and
 seeds); `--compare=NAME=DIR,...` prints the side-by-side table over the runs all of them finished:
 
-    python -m benchmarks.audio_fold --json=/tmp/torch_folds.json --compare=fast=/tmp/audio_cv,original=/tmp/audio_orig Every finished run is written to `--json`
-at once, and rerunning with the same `--json` skips the runs already there.
+    python -m benchmarks.audio_fold --json=/tmp/torch_folds.json --compare=fast=/tmp/audio_cv,original=/tmp/audio_orig \
+        [--fold_set=all24]
+
+Every finished run is written to `--json` at once, and rerunning with the same `--json` skips the runs
+already there. Runs split over several processes write one file each; `--compare` takes them as a
+comma-separated `--json` list.
 """
 
 from __future__ import annotations
@@ -189,10 +193,11 @@ def markdown(result: dict) -> str:
   return "\n".join(rows)
 
 
-def compare(torch_result: dict, ours: dict) -> str:
+def compare(torch_result: dict, ours: dict, protocols=None) -> str:
   """Side by side: the PyTorch loop and our cross_validation reports ({name: cross_validation.json dict}),
-  over the (fold, seed) runs that all of them finished. Per fold: the mean over seeds of test accuracy /
-  UAR / macro-F1; then each one's mean ± fold spread ± seed spread and mean seconds per run."""
+  over the (fold, seed) runs that all of them finished, restricted to `protocols` when given (a fold set:
+  the same runs summarised over chumachenko5's 5 folds and over all24's 6). Per fold: the mean over seeds of
+  test accuracy / UAR / macro-F1; then each one's mean ± fold spread ± seed spread and mean seconds per run."""
   from avtca_jax import cross_validation
 
   runs = {"PyTorch original loop": {}}
@@ -208,6 +213,8 @@ def compare(torch_result: dict, ours: dict) -> str:
         runs[name].setdefault(protocol, {})[int(seed)] = {"both": results["both"]}
         seconds[name][(protocol, int(seed))] = report["seconds"][protocol][seed]
   common = set.intersection(*({(p, s) for p, v in r.items() for s in v} for r in runs.values()))
+  if protocols is not None:
+    common = {(p, s) for p, s in common if p in set(protocols)}
   protocols = sorted({p for p, _ in common}, key=lambda p: (len(p), p))
   seeds = sorted({s for _, s in common})
   complete = [p for p in protocols if all((p, s) in common for s in seeds)]
@@ -242,7 +249,8 @@ def main(argv=None):
   parser.add_argument("--seeds", default="1", help="torch.manual_seed values (the original: 1)")
   parser.add_argument("--epochs", type=int, default=100, help="the original's epochs (100)")
   parser.add_argument("--audio_dir", default=None)
-  parser.add_argument("--json", default="", help="results file; rerunning skips the runs already in it")
+  parser.add_argument("--json", default="", help="results file; rerunning skips the runs already in it "
+                      "(with --compare: a comma-separated list of them)")
   parser.add_argument("--threads", type=int, default=0,
                       help="torch.set_num_threads (default: torch's own, the machine's cores); 1 wastes less "
                            "on a machine shared with other jobs")
@@ -250,23 +258,26 @@ def main(argv=None):
                       help="time the original's per-clip MFCC on this many clips ('as it ships' estimate)")
   parser.add_argument("--compare", default="",
                       help="NAME=DIR,...: print the side-by-side table of --json (PyTorch) and these "
-                           "cross_validation workdirs over the runs all finished, and train nothing")
+                           "cross_validation workdirs over the runs all finished, for --fold_set / --folds, "
+                           "and train nothing")
   args = parser.parse_args(argv)
+  every = splits.FOLD_SETS[args.fold_set]
+  protocols = [every[int(k) - 1] for k in args.folds.split(",")] if args.folds else list(every)
   if args.compare:
-    with open(args.json) as f:
-      torch_result = json.load(f)
+    torch_result = {"runs": {}}
+    for path in args.json.split(","):  # several PyTorch result files (runs split over processes) are merged
+      with open(path) as f:
+        torch_result["runs"].update(json.load(f)["runs"])
     ours = {}
     for item in args.compare.split(","):
       name, directory = item.split("=", 1)
       with open(os.path.join(directory, "cross_validation.json")) as f:
         ours[name] = json.load(f)
-    print(compare(torch_result, ours))
+    print(compare(torch_result, ours, protocols))
     return
   if args.threads:
     import torch
     torch.set_num_threads(args.threads)
-  every = splits.FOLD_SETS[args.fold_set]
-  protocols = [every[int(k) - 1] for k in args.folds.split(",")] if args.folds else list(every)
   result = measure(protocols, [int(s) for s in args.seeds.split(",")], epochs=args.epochs,
                    audio_dir=args.audio_dir, json_path=args.json, per_clip_features=args.per_clip_features)
   print(markdown(result))

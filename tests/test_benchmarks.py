@@ -151,3 +151,22 @@ def test_audio_fold_compare_uses_only_runs_finished_by_all():
   assert "| fold1 | 60.0 / 60.0 / 60.0 | 55.0 / 55.0 / 55.0 |" in text
   assert "| seconds per fold (mean) | 100 | 15 |" in text
   assert "65.0 ± 7.1 (folds) ± 0.0 (seeds)" in text and "60.0 ± 7.1 (folds) ± 7.1 (seeds)" in text
+  only_fold2 = audio_fold.compare(torch_result, ours, protocols=["fold2", "fold3"])  # a fold set's folds only
+  assert "Test actors: 5-8;" in only_fold2 and "| fold1 |" not in only_fold2
+
+
+def test_audio_fold_compare_merges_result_files(tmp_path, capsys):
+  from benchmarks import audio_fold
+  metrics = lambda a: {"accuracy": a, "uar": a, "macro_f1": a, "loss": 1.0, "count": 240}
+  paths = []
+  for k in (1, 2):  # one PyTorch result file per process, as runs split over processes write them
+    paths.append(tmp_path / f"torch{k}.json")
+    paths[-1].write_text(json.dumps({"runs": {f"fold{k}/seed0": {"test": metrics(0.5), "seconds": 100.0}}}))
+  workdir = tmp_path / "fast"
+  workdir.mkdir()
+  (workdir / "cross_validation.json").write_text(json.dumps(
+      {"runs": {f"fold{k}": {"0": {"both": metrics(0.6)}} for k in (1, 2, 6)},
+       "seconds": {f"fold{k}": {"0": 10.0} for k in (1, 2, 6)}}))
+  audio_fold.main([f"--json={paths[0]},{paths[1]}", f"--compare=fast={workdir}", "--fold_set=all24"])
+  text = capsys.readouterr().out
+  assert "| fold1 |" in text and "| fold2 |" in text and "| fold6 |" not in text  # fold 6: ours only
