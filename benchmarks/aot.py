@@ -334,8 +334,11 @@ def find_largest(config_fn, mesh, chip, platform, fraction, probes=(8,), multipl
     if failing and min(failing) - best <= multiple:
       break
     batch = batch + multiple if tried[batch][0] else batch - multiple
+  # Each probe keeps its cost analysis too: XLA's bytes per clip change with the batch (the TPU compile of
+  # fold1 reads about twice the bytes per clip at 16 clips per chip as at 8), so the roofline is per batch.
   probes_out = [{"batch_per_device": b, "fits": ok, "total_bytes": (r or {}).get("memory", {}).get("total"),
-                 "compile_s": (r or {}).get("compile_s"), "recomputes": bool((r or {}).get("recomputes"))}
+                 "compile_s": (r or {}).get("compile_s"), "recomputes": bool((r or {}).get("recomputes")),
+                 "cost": (r or {}).get("cost")}
                 for b, (ok, r) in sorted(tried.items())]
   bracketed = any(not ok and b == best + multiple for b, (ok, _) in tried.items())
   return best, tried[best][1], probes_out, {"fixed_bytes": fixed, "bytes_per_clip": per_clip,

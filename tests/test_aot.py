@@ -106,3 +106,22 @@ def test_side_by_side_table_for_the_gpu_script(tmp_path):
 
 def test_gpu_script_is_valid_bash():
   assert subprocess.run(["bash", "-n", os.path.join(REPO, "benchmarks", "gpu.sh")]).returncode == 0
+
+
+def test_batch_search_brackets_the_largest_and_keeps_each_probe_cost(monkeypatch):
+  """find_largest on a fake compiler whose memory is 1 GiB + 0.5 GiB per clip (16 GiB chip): the line
+  predicts 24, 24 fits, 32 does not, and every probe keeps its own cost (bytes per clip depend on the batch)."""
+  from benchmarks import aot, hardware
+  gib = 2**30
+
+  def fake_compile(batch, mesh):
+    return {"compile_s": 1.0, "memory": {"total": int(gib + batch * gib / 2), "argument": gib},
+            "cost": {"flops": 1e9 * batch, "bytes_accessed": 1e8 * batch * batch}}
+
+  monkeypatch.setattr(aot, "compile_step", fake_compile)
+  chip = hardware.CHIPS["tpu-v5e"]
+  best, result, probes, model = aot.find_largest(lambda b: b, None, chip, "tpu", 0.75, probes=(8, 16),
+                                                 max_compiles=4, log=lambda *_: None)
+  assert best == 24 and model["predicted_largest"] == 24 and model["bracketed"]
+  assert [(p["batch_per_device"], p["fits"]) for p in probes] == [(8, True), (16, True), (24, True), (32, False)]
+  assert [p["cost"]["bytes_accessed"] for p in probes] == [1e8 * b * b for b in (8, 16, 24, 32)]
