@@ -252,8 +252,8 @@ def main(argv=None):
   parser.add_argument("--json", default="", help="results file; rerunning skips the runs already in it "
                       "(with --compare: a comma-separated list of them)")
   parser.add_argument("--threads", type=int, default=0,
-                      help="torch.set_num_threads (default: torch's own, the machine's cores); 1 wastes less "
-                           "on a machine shared with other jobs")
+                      help="torch.set_num_threads (default: torch's own, the machine's cores). Run the loop "
+                           "alone: on the 2-core machine it slowed 3-5x beside another job, with 1 or 2 threads")
   parser.add_argument("--per_clip_features", type=int, default=0,
                       help="time the original's per-clip MFCC on this many clips ('as it ships' estimate)")
   parser.add_argument("--compare", default="",
