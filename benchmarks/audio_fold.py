@@ -235,6 +235,23 @@ def compare(torch_result: dict, ours: dict, protocols=None) -> str:
       cells.append(f"{100 * stats['mean']:.1f} ± {100 * stats['fold_std']:.1f} (folds) ± "
                    f"{100 * stats['seed_std']:.1f} (seeds)")
     lines.append(f"| {label}: mean ± spreads | " + " | ".join(cells) + " |")
+  # Whether a recipe keeps the original's accuracy "within seed noise": the difference of the two means,
+  # paired by fold (fold difficulty cancels), against its seed-noise standard error
+  # sigma = sqrt((s_ours^2 + s_torch^2) / (folds x seeds)), where s is a run's seed-to-seed standard deviation
+  # within a fold, pooled over folds. Within seed noise when |difference| <= 2 sigma.
+  def run_std(n):
+    return 100 * float(np.sqrt(np.mean([np.var([runs[n][p][s]["both"]["accuracy"] for s in seeds], ddof=1)
+                                        for p in complete]))) if len(seeds) > 1 else float("nan")
+  base = "PyTorch original loop"
+  cells = ["-"]
+  for n in names[1:]:
+    delta = 100 * float(np.mean([runs[n][p][s]["both"]["accuracy"] - runs[base][p][s]["both"]["accuracy"]
+                                 for p in complete for s in seeds]))
+    sigma = float(np.sqrt((run_std(n) ** 2 + run_std(base) ** 2) / (len(complete) * len(seeds))))
+    verdict = ("within seed noise" if abs(delta) <= 2 * sigma + 1e-9 else
+               "below the original beyond seed noise" if delta < 0 else "above the original beyond seed noise")
+    cells.append(f"{delta:+.1f} points, 2 sigma = {2 * sigma:.1f}: {verdict}")
+  lines.append("| accuracy minus the PyTorch loop's | " + " | ".join(cells) + " |")
   lines.append("| seconds per fold (mean) | " + " | ".join(
       f"{np.mean([seconds[n][(p, s)] for p in complete for s in seeds]):.0f}" for n in names) + " |")
   return "\n".join(lines)

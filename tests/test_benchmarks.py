@@ -151,6 +151,10 @@ def test_audio_fold_compare_uses_only_runs_finished_by_all():
   assert "| fold1 | 60.0 / 60.0 / 60.0 | 55.0 / 55.0 / 55.0 |" in text
   assert "| seconds per fold (mean) | 100 | 15 |" in text
   assert "65.0 ± 7.1 (folds) ± 0.0 (seeds)" in text and "60.0 ± 7.1 (folds) ± 7.1 (seeds)" in text
+  assert "| - | -5.0 points, 2 sigma = 7.1: within seed noise |" in text
+  ours["fast"]["runs"]["fold1"]["1"]["both"] = metrics(0.45)  # -8.75 points against 2 sigma = 5.6
+  assert "| - | -8.7 points, 2 sigma = 5.6: below the original beyond seed noise |" in audio_fold.compare(
+      torch_result, ours)
   only_fold2 = audio_fold.compare(torch_result, ours, protocols=["fold2", "fold3"])  # a fold set's folds only
   assert "Test actors: 5-8;" in only_fold2 and "| fold1 |" not in only_fold2
 
