@@ -248,6 +248,9 @@ def compare(torch_result: dict, ours: dict, protocols=None) -> str:
     delta = 100 * float(np.mean([runs[n][p][s]["both"]["accuracy"] - runs[base][p][s]["both"]["accuracy"]
                                  for p in complete for s in seeds]))
     sigma = float(np.sqrt((run_std(n) ** 2 + run_std(base) ** 2) / (len(complete) * len(seeds))))
+    if len(seeds) < 2:  # no seed spread to compare against
+      cells.append(f"{delta:+.1f} points (one seed: no seed-noise verdict)")
+      continue
     verdict = ("within seed noise" if abs(delta) <= 2 * sigma + 1e-9 else
                "below the original beyond seed noise" if delta < 0 else "above the original beyond seed noise")
     cells.append(f"{delta:+.1f} points, 2 sigma = {2 * sigma:.1f}: {verdict}")

@@ -155,6 +155,10 @@ def test_audio_fold_compare_uses_only_runs_finished_by_all():
   ours["fast"]["runs"]["fold1"]["1"]["both"] = metrics(0.45)  # -8.75 points against 2 sigma = 5.6
   assert "| - | -8.7 points, 2 sigma = 5.6: below the original beyond seed noise |" in audio_fold.compare(
       torch_result, ours)
+  one_seed = {"fast": {"runs": {k: {"0": v["0"]} for k, v in ours["fast"]["runs"].items()},
+                       "seconds": ours["fast"]["seconds"]}}
+  assert "| - | -10.0 points (one seed: no seed-noise verdict) |" in audio_fold.compare(
+      {"runs": {k: v for k, v in torch_result["runs"].items() if k.endswith("seed0")}}, one_seed)
   only_fold2 = audio_fold.compare(torch_result, ours, protocols=["fold2", "fold3"])  # a fold set's folds only
   assert "Test actors: 5-8;" in only_fold2 and "| fold1 |" not in only_fold2
 
