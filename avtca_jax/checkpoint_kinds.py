@@ -72,9 +72,9 @@ class LoadedModel:
     inside, exactly as in evaluation (train.model_inputs), so the function is the whole numeric path after
     preprocessing. The variables are closed over (constants of an export)."""
     import jax.numpy as jnp
-    from avtca_jax import audio_data, train as train_lib
+    from avtca_jax import audio_data, steps as steps_lib
     config, variables = self.config, self.variables
-    model = train_lib.create_model(config)
+    model = steps_lib.create_model(config)
     stats = self.mfcc_normalization()
     mode = stats["mode"]
 
@@ -83,7 +83,7 @@ class LoadedModel:
       batch = {"mfcc": mfcc, "label": jnp.zeros(mfcc.shape[:1], jnp.int32)}
       if frames is not None:
         batch["frames"] = frames
-      mfcc, frames, _ = train_lib.model_inputs(config, batch)
+      mfcc, frames, _ = steps_lib.model_inputs(config, batch)
       return model.apply(variables, mfcc, frames, train=False).astype(jnp.float32)
 
     return forward

@@ -13,11 +13,10 @@ batches padded to full size with a 'mask' (1 real, 0 padding). The order is a pu
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator
 
 import numpy as np
 
-from avtca_jax import splits
 
 MFCC_SHAPE = (156, 10)
 SPLITS = ("train", "validation", "test")

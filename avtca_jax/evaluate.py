@@ -24,7 +24,6 @@ from typing import Dict, Optional, Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags
-from ml_collections import config_flags
 from etils import epath
 import jax
 import numpy as np
@@ -32,20 +31,56 @@ from ml_collections import config_flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from avtca_jax import checkpointing, compilation_cache, checkpoint_kinds, console, data_sources, metrics as metrics_lib
-from avtca_jax import train as train_lib
+from avtca_jax import steps as steps_lib
 from avtca_jax.checkpoint_kinds import default_checkpoint, load_config  # noqa: F401  (public here too)
 
-REMOVALS = ("audio_zeros", "video_zeros", "audio_noise", "video_noise")  # train_lib.removal_weights
+# (audio kept, audio noise, video kept, video noise) of each evaluation mode: the original's single-modality
+# evaluation replaces a stream by zeros or by N(0, 1) noise (docs/training.md).
+REMOVAL_WEIGHTS = {"both": (1, 0, 1, 0), "audio_zeros": (0, 0, 1, 0), "audio_noise": (0, 1, 1, 0),
+                   "video_zeros": (1, 0, 0, 0), "video_noise": (1, 0, 0, 1)}
+REMOVALS = tuple(mode for mode in REMOVAL_WEIGHTS if mode != "both")
 
 
-def load_state(checkpoint_dir: str, mesh) -> train_lib.TrainState:
+def removal_weights(remove: Optional[str]) -> np.ndarray:
+  """The predict step's removal weights for a mode (None: both streams)."""
+  remove = remove or "both"
+  if remove not in REMOVAL_WEIGHTS:
+    raise ValueError(f"unknown stream removal {remove!r}; expected one of {sorted(REMOVALS)}")
+  return np.asarray(REMOVAL_WEIGHTS[remove], np.float32)
+
+
+def _to_host(x: Array) -> np.ndarray:
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def predict(predict_step, state, source, split: str, batch_size: int, mesh, remove: Optional[str] = None):
+  """Logits (N, C) and labels (N,) of a whole split, padding removed, on every host."""
+  logits, labels = [], []
+  weights = jax.device_put(removal_weights(remove), NamedSharding(mesh, P()))
+  for batch in source.eval_batches(split, batch_size):
+    out_logits, out_labels, mask = predict_step(state, steps_lib.to_devices(batch, mesh), weights)
+    mask = _to_host(mask).astype(bool)
+    logits.append(_to_host(out_logits)[mask])
+    labels.append(_to_host(out_labels)[mask])
+  return np.concatenate(logits), np.concatenate(labels)
+
+
+def evaluate_split(predict_step, state, source, split, batch_size, mesh, num_classes) -> Dict[str, float]:
+  logits, labels = predict(predict_step, state, source, split, batch_size, mesh)
+  return metrics_lib.classification_metrics(logits, labels, num_classes)
+
+
+def load_state(checkpoint_dir: str, mesh) -> steps_lib.TrainState:
   """Params and batch statistics of a checkpoint, replicated on the mesh (optimizer state not loaded)."""
   restored = checkpoint_kinds.restore_variables(checkpoint_dir)
   return _replicated_state(restored, restored["step"], mesh)
 
 
-def _replicated_state(variables, step, mesh) -> train_lib.TrainState:
-  state = train_lib.TrainState(step=np.asarray(step or 0), params=variables["params"],
+def _replicated_state(variables, step, mesh) -> steps_lib.TrainState:
+  state = steps_lib.TrainState(step=np.asarray(step or 0), params=variables["params"],
                                batch_stats=variables.get("batch_stats", {}), opt_state=None, rng=None)
   return jax.device_put(state, NamedSharding(mesh, P()))
 
@@ -88,7 +123,7 @@ def evaluate(workdir: Optional[str] = None, checkpoint: Optional[str] = None, sp
   for removal in removals:
     if removal not in REMOVALS:
       raise ValueError(f"unknown removal {removal!r}; expected some of {REMOVALS}")
-  mesh = train_lib.create_mesh()
+  mesh = steps_lib.create_mesh()
   batch_size = config.eval_batch_size or config.batch_size
   batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
   source = data_sources.create_source(config, jax.process_index(), jax.process_count())
@@ -96,16 +131,16 @@ def evaluate(workdir: Optional[str] = None, checkpoint: Optional[str] = None, sp
                "test": config.data.test_split}.get(split, split)
   if source.num_examples(split_key) == 0:
     raise ValueError(f"the {split!r} split of protocol {config.data.protocol} is empty in this dataset")
-  model = train_lib.create_model(config, train_lib.mesh_platform(mesh))
+  model = steps_lib.create_model(config, steps_lib.mesh_platform(mesh))
   state = _replicated_state(loaded.variables, loaded.step, mesh)
   step = int(np.asarray(state.step))
 
   results = {}
   if jax.process_index() == 0:
     output_dir.mkdir(parents=True, exist_ok=True)
-  predict_step = train_lib.make_predict_step(config, model, mesh)
+  predict_step = steps_lib.make_predict_step(config, model, mesh)
   for mode in ("both", *removals):
-    logits, labels = train_lib.predict(predict_step, state, source, split_key, batch_size, mesh, remove=mode)
+    logits, labels = predict(predict_step, state, source, split_key, batch_size, mesh, remove=mode)
     result = metrics_lib.classification_metrics(logits, labels, config.num_classes)
     matrix = metrics_lib.confusion_matrix(labels, np.argmax(logits, 1), config.num_classes)
     stats = metrics_lib.per_class(matrix)

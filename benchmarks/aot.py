@@ -14,7 +14,7 @@ per-device batch fits in HBM, and what throughput to expect. XLA answers all thr
   (`pip install -r requirements-gpu.txt`). Without a device there is no autotuning, so Triton GEMM fusion is
   switched off for the compile (cuBLAS GEMMs instead); the memory plan is otherwise the real one.
 
-The step is the trainer's own: `train.create_model` (backend choices made for the target platform),
+The step is the trainer's own: `steps_lib.create_model` (backend choices made for the target platform),
 `create_optimizer`, `create_train_state`, `make_train_step` / `make_predict_step` (shard_map over a `data`
 axis of every chip, donated state) and `abstract_batch`, on a mesh of the target's devices. The config is a
 variant of configs/ravdess.py (default `fold1`: the real-data recipe at 224 px with softhard modality
@@ -213,20 +213,20 @@ def compile_step(config, mesh, which: str = "train", stored_image_size: Optional
   """Lower and compile the trainer's train (or eval) step for `mesh`; memory, cost and compile time."""
   import jax
   from jax.sharding import NamedSharding, PartitionSpec as P
-  from avtca_jax import train
+  from avtca_jax import steps as steps_lib
 
-  platform = train.mesh_platform(mesh)
-  model = train.create_model(config, platform)
+  platform = steps_lib.mesh_platform(mesh)
+  model = steps_lib.create_model(config, platform)
   steps_per_epoch = 120  # the schedule's boundaries only; they do not change the compiled program's shape
-  tx = train.create_optimizer(config, train.create_learning_rate_fn(config, steps_per_epoch))
-  state = train.create_train_state(config, model, tx, mesh, abstract=True)
-  batch = train.abstract_batch(config, config.batch_size, mesh, stored_image_size)
+  tx = steps_lib.create_optimizer(config, steps_lib.create_learning_rate_fn(config, steps_per_epoch))
+  state = steps_lib.create_train_state(config, model, tx, mesh, abstract=True)
+  batch = steps_lib.abstract_batch(config, config.batch_size, mesh, stored_image_size)
   if which == "train":
-    step = train.make_train_step(config, model, tx, mesh)
+    step = steps_lib.make_train_step(config, model, tx, mesh)
     stop_flags = jax.ShapeDtypeStruct((mesh.size,), jax.numpy.int32, sharding=NamedSharding(mesh, P("data")))
     args = (state, batch, stop_flags)
   else:
-    step = train.make_predict_step(config, model, mesh)
+    step = steps_lib.make_predict_step(config, model, mesh)
     batch = {k: v for k, v in batch.items()}
     args = (state, batch, jax.ShapeDtypeStruct((4,), jax.numpy.float32, sharding=NamedSharding(mesh, P())))
   start = time.perf_counter()
@@ -280,9 +280,9 @@ def batch_bytes_per_device(config, batch_per_device: int) -> int:
   """Bytes of one device's share of the input batch (a step argument that grows with the batch)."""
   import numpy as np
   import jax
-  from avtca_jax import train
+  from avtca_jax import steps as steps_lib
   mesh = data_mesh(jax.devices("cpu")[:1])
-  shapes = train.abstract_batch(config, batch_per_device, mesh)
+  shapes = steps_lib.abstract_batch(config, batch_per_device, mesh)
   return int(sum(np.prod(s.shape) * np.dtype(s.dtype).itemsize for s in shapes.values()))
 
 
@@ -415,7 +415,7 @@ def local_target():
 
 def run(args, log=print) -> dict:
   import jax
-  from avtca_jax import compilation_cache, train
+  from avtca_jax import compilation_cache, steps as steps_lib
   # A deviceless executable cannot be loaded back from JAX's persistent cache (no client to load it into:
   # "PjRtCompiler must be constructed with a Client"), so the cache serves `--target=local` only.
   compilation_cache.enable(args.compilation_cache if args.target == "local" else "none")
@@ -445,12 +445,12 @@ def run(args, log=print) -> dict:
             "image_size": config.image_size, "num_frames": config.num_frames,
             "modality_dropout": config.modality_dropout, "flip_rotate": config.flip_rotate,
             "matmul_precision": config.matmul_precision,
-            "conv_impl": train.layers.resolve_conv_impl(config.conv_impl, target.platform),
+            "conv_impl": steps_lib.layers.resolve_conv_impl(config.conv_impl, target.platform),
             "jax": jax.__version__, "peaks": {"flops_per_s": hardware.peak_flops(chip, args.dtype),
                                               "bandwidth_bytes_per_s": chip.hbm_bandwidth, "source": chip.source}}
   log(f"{target.name}: {target.num_devices} x {chip.name} on {target.num_hosts} host(s), {args.dtype}, "
       f"remat={args.remat}, {config.image_size} px, {config.modality_dropout} dropout")
-  report["hand_written_backward"] = train.layers.hand_written_backward_for(config.hand_written_backward,
+  report["hand_written_backward"] = steps_lib.layers.hand_written_backward_for(config.hand_written_backward,
                                                                           target.platform)
   at_batch = compile_step(config, mesh)
   at_batch["fits"] = fits(at_batch, chip, target.platform, args.gpu_memory_fraction)

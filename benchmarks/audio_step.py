@@ -32,7 +32,7 @@ def _jax_runner(batch_size: int, steps: int, num_eval: int, members: int = 1):
   import jax.numpy as jnp
   import optax
 
-  from avtca_jax import train as train_lib
+  from avtca_jax import steps as steps_lib
   from avtca_jax.models.avtca import AudioClassifier
   from configs import ravdess
 
@@ -42,7 +42,7 @@ def _jax_runner(batch_size: int, steps: int, num_eval: int, members: int = 1):
   y = jnp.asarray(rng.integers(0, 8, size=(steps, batch_size)).astype(np.int32))
   x_eval = jnp.asarray(rng.normal(size=(num_eval, 156, 10)).astype(np.float32))
   config = ravdess.get_config("audio_only")
-  optimizer = train_lib.create_optimizer(config, train_lib.create_learning_rate_fn(config, steps))
+  optimizer = steps_lib.create_optimizer(config, steps_lib.create_learning_rate_fn(config, steps))
   if members > 1:  # K models with a leading member axis, each its own initialisation and batch
     variables = jax.vmap(lambda r: model.init(r, x[0, :1]))(jax.random.split(jax.random.PRNGKey(0), members))
     state = [variables["params"], variables["batch_stats"], jax.vmap(optimizer.init)(variables["params"])]

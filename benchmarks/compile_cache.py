@@ -24,7 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def worker(variant: str, protocol: str, batch_size: int, image_size: int) -> dict:
   import jax
-  from avtca_jax import compilation_cache, train
+  from avtca_jax import compilation_cache, steps as steps_lib, train
   from benchmarks import aot
 
   events = []
@@ -34,7 +34,7 @@ def worker(variant: str, protocol: str, batch_size: int, image_size: int) -> dic
   config.data.protocol, config.batch_size = protocol, batch_size
   if image_size:
     config.image_size = image_size
-  seconds = aot.compile_step(config, train.create_mesh())["compile_s"]  # the trainer's step, lower + compile
+  seconds = aot.compile_step(config, steps_lib.create_mesh())["compile_s"]  # the trainer's step, lower + compile
   return {"protocol": protocol, "compile_s": seconds, "cache": folder,
           "hits": events.count("/jax/compilation_cache/cache_hits"),
           "misses": events.count("/jax/compilation_cache/cache_misses")}

@@ -47,27 +47,27 @@ def trainer_config(batch_size, dtype, fusion, conv_impl, image_size=224, remat=F
 
 
 def run_jax(batch_size, dtype, fusion, repeats, warmup, conv_impl, eval_repeats, image_size=224, remat=False):
-  """Times the trainer's own train step (`train.make_train_step`: forward, backward, the original's SGD,
+  """Times the trainer's own train step (`steps_lib.make_train_step`: forward, backward, the original's SGD,
   batch-norm statistics, metrics) and eval step on one device, on device-resident synthetic inputs."""
   import jax
   import numpy as np
   import optax
 
-  from avtca_jax import compilation_cache, train
+  from avtca_jax import compilation_cache, evaluate as evaluate_lib, steps as steps_lib
 
   cache_dir = compilation_cache.enable()  # $AVTCA_COMPILATION_CACHE=none measures cold compiles
   config = trainer_config(batch_size, dtype, fusion, conv_impl, image_size, remat)
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  platform = train.mesh_platform(mesh)
-  model = train.create_model(config, platform)
-  tx = train.create_optimizer(config, train.create_learning_rate_fn(config, 100))
-  state = train.create_train_state(config, model, tx, mesh)
+  platform = steps_lib.mesh_platform(mesh)
+  model = steps_lib.create_model(config, platform)
+  tx = steps_lib.create_optimizer(config, steps_lib.create_learning_rate_fn(config, 100))
+  state = steps_lib.create_train_state(config, model, tx, mesh)
   rng = np.random.default_rng(0)
-  batch = train.to_devices({"mfcc": rng.normal(-20, 60, (batch_size, 156, 10)).astype(np.float32),
+  batch = steps_lib.to_devices({"mfcc": rng.normal(-20, 60, (batch_size, 156, 10)).astype(np.float32),
                             "frames": rng.integers(0, 256, (batch_size, 15, image_size, image_size, 3), np.uint8),
                             "label": rng.integers(0, 8, batch_size).astype(np.int32),
                             "mask": np.ones(batch_size, bool)}, mesh)
-  step = train.make_train_step(config, model, tx, mesh)
+  step = steps_lib.make_train_step(config, model, tx, mesh)
   no_stop = jax.device_put(np.zeros(1, np.int32), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
   lowered = step.lower(state, batch, no_stop)
   start = time.perf_counter()
@@ -91,8 +91,8 @@ def run_jax(batch_size, dtype, fusion, repeats, warmup, conv_impl, eval_repeats,
     times.append(time.perf_counter() - start)
   loss = step_metrics["loss_sum"] / step_metrics["count"]
 
-  predict = train.make_predict_step(config, model, mesh)
-  weights = jax.device_put(train.removal_weights(None), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  predict = steps_lib.make_predict_step(config, model, mesh)
+  weights = jax.device_put(evaluate_lib.removal_weights(None), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   jax.block_until_ready(predict(state, batch, weights))
   eval_times = []
   for _ in range(eval_repeats):
@@ -125,7 +125,7 @@ def run_jax(batch_size, dtype, fusion, repeats, warmup, conv_impl, eval_repeats,
       "final_loss": float(loss),
       "peak_rss_mb": _peak_rss_mb(),
       "peak_device_mb": (stats or {}).get("peak_bytes_in_use", 0) / 2**20 if stats else None,
-      "conv_impl": train.layers.resolve_conv_impl(conv_impl, platform),
+      "conv_impl": steps_lib.layers.resolve_conv_impl(conv_impl, platform),
       "remat": remat,
       "matmul_precision": config.matmul_precision,
       "compilation_cache": cache_dir,

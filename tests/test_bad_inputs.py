@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import pytest
 
 from test_preprocessing import _write_flat_video, _write_tone

@@ -24,12 +24,12 @@ def _config(variant="smoke", **overrides):
 
 def write_untrained_workdir(workdir: Path, config):
   """A workdir holding the freshly initialised state as its step-0 checkpoint (no training needed)."""
-  from avtca_jax import checkpointing, train as train_lib
+  from avtca_jax import checkpointing, steps as steps_lib
   workdir.mkdir(parents=True, exist_ok=True)
-  mesh = train_lib.create_mesh()
-  model = train_lib.create_model(config)
-  tx = train_lib.create_optimizer(config, train_lib.create_learning_rate_fn(config, 10))
-  state = train_lib.create_train_state(config, model, tx, mesh)
+  mesh = steps_lib.create_mesh()
+  model = steps_lib.create_model(config)
+  tx = steps_lib.create_optimizer(config, steps_lib.create_learning_rate_fn(config, 10))
+  state = steps_lib.create_train_state(config, model, tx, mesh)
   checkpoints = checkpointing.Checkpoints(str(workdir), async_save=False)
   checkpoints.save(state, {"step": 0, "epoch": 0, "position": 0, "model": checkpointing.model_descriptor(config)})
   checkpoints.close()
@@ -242,9 +242,9 @@ def test_normalized_audio_run_saves_its_statistics_for_predict(tmp_path):
   # The loaded run's forward (what predict and export run) applies them: same logits as the model on
   # the normalised clip.
   import jax
-  from avtca_jax import train as train_lib
+  from avtca_jax import steps as steps_lib
   loaded = checkpoint_kinds.load(str(workdir))
-  model = train_lib.create_model(loaded.config)
+  model = steps_lib.create_model(loaded.config)
   direct = model.apply(loaded.variables, expected[None].astype(np.float32), None, train=False)
   np.testing.assert_allclose(np.asarray(jax.jit(loaded.forward())(clip[None])), np.asarray(direct), rtol=1e-4,
                              atol=1e-4)

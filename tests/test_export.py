@@ -30,12 +30,12 @@ def exported(small_avtca_workdir, tmp_path_factory):
 def _training_stack_logits(workdir: Path, mfcc: np.ndarray, crops: np.ndarray) -> np.ndarray:
   """The trained model's logits through the training code itself: the run's config, its checkpoint, the
   trainer's input conversion (train.model_inputs) and the Flax model."""
-  from avtca_jax import checkpoint_kinds, checkpointing, train as train_lib
+  from avtca_jax import checkpoint_kinds, checkpointing, steps as steps_lib
   config = checkpoint_kinds.load_config(str(workdir))
   restored = checkpointing.restore_numpy(checkpoint_kinds.default_checkpoint(str(workdir)))
-  model = train_lib.create_model(config)
+  model = steps_lib.create_model(config)
   batch = {"mfcc": mfcc, "frames": crops, "label": np.zeros(len(mfcc), np.int32)}
-  model_mfcc, frames, _ = train_lib.model_inputs(config, batch)
+  model_mfcc, frames, _ = steps_lib.model_inputs(config, batch)
   return np.asarray(model.apply({"params": restored["params"], "batch_stats": restored["batch_stats"]},
                                 model_mfcc, frames, train=False))
 

@@ -108,17 +108,17 @@ def _evaluate_one_process(dataset, directory, splits):
   import jax
   from jax.sharding import NamedSharding, PartitionSpec as P
   from configs import ravdess
-  from avtca_jax import checkpointing, data_sources, train as train_lib
+  from avtca_jax import checkpointing, data_sources, evaluate as evaluate_lib, steps as steps_lib
   config = ravdess.get_config("smoke")
   config.model, config.data.name, config.data.builder_config = "audio", dataset, ""
-  mesh = train_lib.create_mesh()
+  mesh = steps_lib.create_mesh()
   restored = checkpointing.restore_numpy(directory)
-  state = jax.device_put(train_lib.TrainState(step=restored["step"], params=restored["params"],
+  state = jax.device_put(steps_lib.TrainState(step=restored["step"], params=restored["params"],
                                               batch_stats=restored.get("batch_stats", {}), opt_state=None, rng=None),
                          NamedSharding(mesh, P()))
   source = data_sources.create_source(config, 0, 1)
-  predict_step = train_lib.make_predict_step(config, train_lib.create_model(config), mesh)
-  return {split: train_lib.evaluate_split(predict_step, state, source, split, 6, mesh, config.num_classes)
+  predict_step = steps_lib.make_predict_step(config, steps_lib.create_model(config), mesh)
+  return {split: evaluate_lib.evaluate_split(predict_step, state, source, split, 6, mesh, config.num_classes)
           for split in splits}
 
 

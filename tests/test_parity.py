@@ -12,7 +12,6 @@ One clip per batch (two for training) and one compilation per fusion variant kee
 
 import copy
 import functools
-import re
 from pathlib import Path
 
 import numpy as np

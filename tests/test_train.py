@@ -203,7 +203,7 @@ RESUME = AUDIO + ["--config.batch_size=4", "--config.num_train_steps=500", "--co
 KILL_AT_STEP = """
 import os, signal, sys
 from absl import app
-from avtca_jax import checkpointing, train
+from avtca_jax import checkpointing, steps as steps_lib, train
 save = checkpointing.Checkpoints.save
 def save_then_die(self, state, meta, *args, **kwargs):
   save(self, state, meta, *args, **kwargs)
@@ -301,11 +301,11 @@ def test_unknown_config_key_on_the_command_line(tmp_path):
 
 
 def test_unknown_config_key_in_a_config_file(tmp_path, no_compilation):
-  from avtca_jax import train as train_lib
+  from avtca_jax import steps as steps_lib, train as train_lib
   config = _config(**{"data.source": "synthetic"})
   config.unlock()
   config.data.protocl = "fold2"
-  with pytest.raises(train_lib.ConfigError, match=r"data.protocl \(did you mean data.protocol\?\)"):
+  with pytest.raises(steps_lib.ConfigError, match=r"data.protocl \(did you mean data.protocol\?\)"):
     train_lib.train_and_evaluate(config, str(tmp_path / "w"))
 
 
@@ -377,9 +377,9 @@ def test_sgd_matches_pytorch_sgd_with_dampening_from_the_first_step():
   its momentum buffer at the first gradient, undamped)."""
   torch = pytest.importorskip("torch")
   import jax.numpy as jnp
-  from avtca_jax import train as train_lib
+  from avtca_jax import steps as steps_lib
   config = _config(**{"weight_decay": 1e-3, "momentum": 0.9, "dampening": 0.9, "optimizer": "sgd"})
-  tx = train_lib.create_optimizer(config, lambda step: 0.06)
+  tx = steps_lib.create_optimizer(config, lambda step: 0.06)
   start = np.array([1.0, -2.0, 0.5])
   p = jnp.asarray(start, jnp.float32)
   state = tx.init(p)
@@ -394,23 +394,23 @@ def test_sgd_matches_pytorch_sgd_with_dampening_from_the_first_step():
     np.testing.assert_allclose(np.asarray(p), p_torch.detach().numpy(), rtol=1e-6, atol=1e-7,
                                err_msg=f"step {i + 1}")
   # The first step is the whole (L2-augmented) gradient times the rate, not a tenth of it.
-  first = train_lib.create_optimizer(config, lambda step: 0.06)
+  first = steps_lib.create_optimizer(config, lambda step: 0.06)
   updates, _ = first.update(jnp.asarray(grads[0]), first.init(jnp.asarray(start, jnp.float32)),
                             jnp.asarray(start, jnp.float32))
   np.testing.assert_allclose(np.asarray(updates), -0.06 * (grads[0] + 1e-3 * start), rtol=1e-5)
 
 
 def test_multistep_schedule_follows_the_original_epochs():
-  from avtca_jax import train as train_lib
+  from avtca_jax import steps as steps_lib
   config = _config(**{"learning_rate": 0.06, "schedule": "multistep"})
-  fn = train_lib.create_learning_rate_fn(config, steps_per_epoch=10)
+  fn = steps_lib.create_learning_rate_fn(config, steps_per_epoch=10)
   # Epoch 40 (1-based) = steps 390..399 already uses the decayed rate, epoch 39 does not.
   assert float(fn(389)) == pytest.approx(0.06) and float(fn(390)) == pytest.approx(0.006)
   assert float(fn(545)) == pytest.approx(0.0006)
   config.warmup_epochs = 2.0
   config.schedule = "cosine"
   config.num_epochs = 10
-  fn = train_lib.create_learning_rate_fn(config, steps_per_epoch=10)
+  fn = steps_lib.create_learning_rate_fn(config, steps_per_epoch=10)
   assert float(fn(0)) == 0.0 and float(fn(10)) == pytest.approx(0.03) and float(fn(20)) == pytest.approx(0.06)
   assert float(fn(99)) < 0.001
 
@@ -434,7 +434,7 @@ def test_init_checkpoint_overlays_converted_variables(tmp_path):
   """A converted checkpoint holding part of the model (as an EfficientFace-only conversion holds only the
   backbone) replaces those variables; one that does not fit is refused with a message."""
   import orbax.checkpoint as ocp
-  from avtca_jax import checkpointing, train as train_lib
+  from avtca_jax import checkpointing, steps as steps_lib, train as train_lib
   bias = np.linspace(-1, 1, 8).astype(np.float32)
   kernel = np.full((128, 8), 0.01, np.float32)
   checkpointer = ocp.StandardCheckpointer()
@@ -448,7 +448,7 @@ def test_init_checkpoint_overlays_converted_variables(tmp_path):
   np.testing.assert_array_equal(state["params"]["classifier"]["bias"], bias)
   np.testing.assert_array_equal(state["params"]["classifier"]["kernel"], kernel)
   config.init_checkpoint = str(tmp_path / "bad")
-  with pytest.raises(train_lib.ConfigError,
+  with pytest.raises(steps_lib.ConfigError,
                      match=r"(?s)does not fit the model.*classifier/bias: \(7,\) vs model \(8,\)"):
     train_lib.train_and_evaluate(config, str(tmp_path / "w2"))
 

@@ -19,7 +19,7 @@ raw (unnormalised) librosa MFCCs. `frames_from_uint8` converts stored RGB uint8 
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
