@@ -200,7 +200,7 @@ def _original(config):
   Expected: comparable to the public code's own results on the same split (it publishes none;
   docs/original.md#reported-numbers).
   """
-  # The original kept the audio-video and the video-only copy of each take (docs/original.md#files).
+  # The original kept the audio-video and the video-only copy of each take (docs/original.md#files-and-labels).
   _real_data(config, protocol="original", builder_config="av_with_video_only", num_epochs=10)
   config.channel_order = "bgr"
 
