@@ -69,7 +69,7 @@ class LoadedModel:
     """f(mfcc (B, 156, 10) float32 raw MFCCs, frames (B, 15, H, W, 3) uint8 RGB or None) -> logits (B, C).
 
     The run's MFCC normalisation, the channel order and the resize to the model's input size happen
-    inside, exactly as in evaluation (train.model_inputs), so the function is the whole numeric path after
+    inside, exactly as in evaluation (steps.model_inputs), so the function is the whole numeric path after
     preprocessing. The variables are closed over (constants of an export)."""
     import jax.numpy as jnp
     from avtca_jax import audio_data, steps as steps_lib
@@ -92,11 +92,9 @@ class LoadedModel:
 # ---- Configs -------------------------------------------------------------------------------------------
 
 
-
-
 def load_config(workdir: str, overrides: Optional[Dict] = None) -> ml_collections.ConfigDict:
   """The run's config: its variant's defaults updated with the stored config.json (so types stay right)."""
-  from avtca_jax import checkpointing, train as train_lib
+  from avtca_jax import checkpointing, config_validation
   path = epath.Path(workdir) / "config.json"
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
@@ -104,7 +102,7 @@ def load_config(workdir: str, overrides: Optional[Dict] = None) -> ml_collection
     stored = json.loads(path.read_text())
   except ValueError as error:
     raise CheckpointError(f"{path} is not valid JSON ({error}): restore it from the run that wrote it") from error
-  config = train_lib.default_config(stored.get("variant", "default"))
+  config = config_validation.default_config(stored.get("variant", "default"))
   try:
     config.update_from_flattened_dict(checkpointing.flatten(stored, lists_as_tuples=True))
     for key, value in (overrides or {}).items():
@@ -117,8 +115,8 @@ def load_config(workdir: str, overrides: Optional[Dict] = None) -> ml_collection
 
 def original_config(fusion: str, num_classes: int) -> ml_collections.ConfigDict:
   """The original's model and input contract for a converted AVT-CA checkpoint (configs/ravdess.py:original)."""
-  from avtca_jax import train as train_lib
-  config = train_lib.default_config("original")
+  from avtca_jax import config_validation
+  config = config_validation.default_config("original")
   config.fusion = fusion
   config.num_classes = num_classes
   config.image_size = CROP_SIZE
@@ -159,11 +157,12 @@ def restore_variables(checkpoint_dir: str) -> Dict[str, Any]:
   if not (directory / "state").is_dir():
     raise CheckpointError(f"{directory}: checkpoint step is incomplete (no state/ folder; interrupted save or "
                           f"deleted files): use another step of {parent} ({steps}) or the workdir itself")
+  checkpointing.quiet_failed_reads()
   try:
     restored = checkpointing.restore_numpy(str(directory))
-  except (ValueError, OSError, KeyError) as error:
-    raise CheckpointError(f"{directory}: the checkpoint cannot be read ({type(error).__name__}: "
-                          f"{str(error).splitlines()[0] if str(error) else ''}): use another step of {parent}") from error
+  except Exception as error:  # orbax and tensorstore raise plain Exception, ValueError, OSError, ...
+    raise CheckpointError(f"{directory}: the checkpoint cannot be read ({checkpointing.read_error_reason(error)}): "
+                          f"use another step of {parent}") from error
   return {"step": int(np.asarray(restored["step"])), "params": restored["params"],
           "batch_stats": restored.get("batch_stats", {})}
 

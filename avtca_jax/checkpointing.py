@@ -3,7 +3,10 @@
 Layout in the workdir:
   checkpoints/<step>/{state,meta}   the latest N: TrainState + JSON (step, epoch, position, model)
   best/<step>/{state,meta}          the one with the highest validation accuracy
+  checkpoints/<step>.damaged/       a checkpoint that did not restore on resume, set aside (never deleted)
   model.json                        what the run trains (model, fusion, shapes)
+  mfcc_normalization.json           the MFCC statistics of an audio run normalised with them (predict
+                                    applies them to new clips)
   config.json, fingerprint.json     the whole resolved config and the sha256 of its run identity (all
                                     but logging/saving/distribution keys): resuming with another config
                                     is refused before anything is compiled, naming the differing keys
@@ -14,9 +17,12 @@ Paths are etils.epath paths (orbax's own path layer), so a workdir may be gs://b
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-from typing import Any, Dict, Optional, Union
+import logging as python_logging
+import sys
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from absl import logging
 from etils import epath
@@ -37,6 +43,10 @@ RUN_INDEPENDENT_PREFIXES = ("distributed.",)
 
 class CheckpointMismatchError(ValueError):
   """The workdir holds a run of another model or config."""
+
+
+class CheckpointReadError(ValueError):
+  """No checkpoint of the workdir restores."""
 
 
 def absolute(path: Union[str, epath.Path]) -> epath.Path:
@@ -137,7 +147,74 @@ def write_model_json(workdir: str, config):
     (epath.Path(workdir) / "model.json").write_text(json.dumps(model_descriptor(config), indent=1))
 
 
+def write_normalization(workdir: str, source):
+  """The data source's MFCC normalisation (statistics of the training split), when it has one."""
+  from avtca_jax import data_sources
+  normalization = getattr(source, "mfcc_normalization", {"mode": "none"})
+  if jax.process_index() == 0 and normalization["mode"] != "none":
+    (epath.Path(workdir) / data_sources.NORMALIZATION_FILE).write_text(json.dumps(normalization, indent=1))
+
+
+def step_meta(config, step: int, steps_per_epoch: int) -> Dict[str, Any]:
+  """What a checkpoint stores beside the state: the step, the data position and the model."""
+  epoch, position = divmod(step, steps_per_epoch)
+  return {"step": step, "epoch": epoch, "position": position, "model": model_descriptor(config)}
+
+
+# ---- Damaged checkpoints -------------------------------------------------------------------------------
+
+
+def read_error_reason(error: BaseException) -> str:
+  """One line on why a checkpoint did not restore: the first line of the innermost cause (tensorstore's
+  own, e.g. 'OUT_OF_RANGE: ... byte range ... is not valid for value of size 1000') rather than orbax's
+  wrapper around it."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  lines = str(error).strip().splitlines()
+  text = lines[0] if lines else type(error).__name__
+  return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _is_failed_read_leftover(error: Optional[BaseException]) -> bool:
+  return error is not None and (str(error) == "Event loop is closed" or
+                                str(error).startswith("Encountered error while reading array index"))
+
+
+class _DropFailedReadLeftovers(python_logging.Filter):
+  def filter(self, record: python_logging.LogRecord) -> bool:
+    return not (record.exc_info and _is_failed_read_leftover(record.exc_info[1]))
+
+
+_QUIET = False
+
+
+def quiet_failed_reads() -> None:
+  """Keeps a failed restore to the one error it raises.
+
+  orbax reads a checkpoint's arrays in concurrent tasks; the first failed read ends the restore, and the
+  others end afterwards, on an event loop that is closed by then ('Event loop is closed' from
+  tensorstore's threads) or unfinished when Python collects them ('Encountered error while reading array
+  index' at exit, 'Task exception was never retrieved'). Python would print a traceback for each; those
+  two errors only are dropped (from sys.unraisablehook and the asyncio logger), everything else still
+  prints. Safe to call more than once."""
+  global _QUIET
+  if _QUIET:
+    return
+  _QUIET = True
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not _is_failed_read_leftover(unraisable.exc_value):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  python_logging.getLogger(asyncio.__name__).addFilter(_DropFailedReadLeftovers())
+
+
 class Checkpoints:
+  """The periodic and the best checkpoints of a workdir; as a context manager, it waits for the saves in
+  flight and closes on exit."""
+
   def __init__(self, workdir: str, keep: int = 2, async_save: bool = True):
     workdir = absolute(workdir)
     self.latest = ocp.CheckpointManager(
@@ -200,6 +277,50 @@ class Checkpoints:
                                                               meta=ocp.args.JsonRestore()))
     return restored["state"], restored["meta"]
 
+  def restore_latest(self, abstract_state) -> Optional[Tuple[Any, Dict[str, Any]]]:
+    """(state, meta) of the newest checkpoint that restores; None when there is none.
+
+    A checkpoint that does not restore (a full disk, a half-copied workdir) costs one warning line that
+    names its step and why. It is set aside as `<step>.damaged` in the same folder, never deleted, so that
+    the run saves that step again when it gets there, and the one before it is tried. CheckpointReadError
+    when none restores (then nothing is moved)."""
+    quiet_failed_reads()
+    failed: List[Tuple[int, str]] = []
+    for step in sorted(self.latest.all_steps(), reverse=True):
+      try:
+        state, meta = self.restore(abstract_state, step)
+      except Exception as error:  # orbax and tensorstore raise plain Exception, ValueError, OSError, ...
+        failed.append((step, read_error_reason(error)))
+        continue
+      for bad_step, reason in failed:
+        kept = self._set_aside(bad_step)
+        logging.warning("checkpoint step %d does not restore (%s); kept as %s, resuming from step %d",
+                        bad_step, reason, kept, step)
+      return state, meta
+    if failed:
+      raise CheckpointReadError(
+          f"no checkpoint in {self.latest.directory} restores: " +
+          "; ".join(f"step {step}: {reason}" for step, reason in failed))
+    return None
+
+  def _set_aside(self, step: int) -> epath.Path:
+    """Renames checkpoints/<step> to checkpoints/<step>.damaged (or .damaged2, ...), out of orbax's view."""
+    directory = epath.Path(self.latest.directory)
+    target, n = directory / f"{step}.damaged", 1
+    while target.exists():
+      n += 1
+      target = directory / f"{step}.damaged{n}"
+    if jax.process_count() > 1:  # every process has finished reading it before it moves
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"checkpoint_set_aside_{step}")
+    if jax.process_index() == 0:
+      (directory / str(step)).rename(target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"checkpoint_set_aside_{step}_done")
+    self.latest.reload()
+    return target
+
   def wait(self):
     self.latest.wait_until_finished()
     self.best.wait_until_finished()
@@ -207,6 +328,13 @@ class Checkpoints:
   def close(self):
     self.latest.close()
     self.best.close()
+
+  def __enter__(self) -> "Checkpoints":
+    return self
+
+  def __exit__(self, *exc_info):
+    self.wait()
+    self.close()
 
 
 def checkpoint_dir(workdir: str, best: bool = False, step: Optional[int] = None) -> str:

@@ -10,9 +10,12 @@ The run's config comes from DIR/config.json (written by the trainer). `--checkpo
 avtca_jax.checkpoint_kinds: a step of the workdir, a converted checkpoint or the original's PyTorch .pth
 (converted on the fly, strictly); those last two carry no dataset settings, so `--config` names the
 dataset and split protocol (its data block is used; the model is the checkpoint's). Removing a stream follows the
-original's single-modality evaluation (spec 6): 'zeros' replaces it by zeros (what softhard-trained models
-saw), 'noise' by N(0, 1) (what noise-trained models saw). Writes to DIR/eval/ (or --output_dir):
+original's single-modality evaluation (docs/training.md): 'zeros' replaces it by zeros (what softhard-trained
+models saw), 'noise' by N(0, 1) (what noise-trained models saw). Writes to DIR/eval/ (or --output_dir):
 <split>_<mode>.json, <split>_<mode>_report.txt, <split>_<mode>_confusion.png, and <split>_summary.json.
+
+The trainer's evaluations live here too: `evaluate_split` (the validation split after an epoch) and
+`test_split` (the test split with the best-validation checkpoint at the end of a run).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Dict, Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from absl import app, flags
+from absl import app, flags, logging
 from etils import epath
 import jax
 import numpy as np
@@ -33,6 +36,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from avtca_jax import checkpointing, compilation_cache, checkpoint_kinds, console, data_sources, metrics as metrics_lib
 from avtca_jax import steps as steps_lib
 from avtca_jax.checkpoint_kinds import default_checkpoint, load_config  # noqa: F401  (public here too)
+
+Array = jax.Array
 
 # (audio kept, audio noise, video kept, video noise) of each evaluation mode: the original's single-modality
 # evaluation replaces a stream by zeros or by N(0, 1) noise (docs/training.md).
@@ -73,10 +78,27 @@ def evaluate_split(predict_step, state, source, split, batch_size, mesh, num_cla
   return metrics_lib.classification_metrics(logits, labels, num_classes)
 
 
-def load_state(checkpoint_dir: str, mesh) -> steps_lib.TrainState:
-  """Params and batch statistics of a checkpoint, replicated on the mesh (optimizer state not loaded)."""
-  restored = checkpoint_kinds.restore_variables(checkpoint_dir)
-  return _replicated_state(restored, restored["step"], mesh)
+def test_split(steps: steps_lib.Steps, state, source, checkpoints, batch_size: int, final_step: int, workdir,
+               write) -> Optional[Dict[str, float]]:
+  """The trainer's test: the test split with the best-validation checkpoint (the original's protocol), or
+  the final parameters `state` when nothing was validated. Logged, written with `write(step, record)` and
+  to WORKDIR/test_metrics.json; None when the config skips the test or the split is empty."""
+  config = steps.config
+  if not config.evaluate_test or source.num_examples(config.data.test_split) == 0:
+    return None
+  best_step = checkpoints.best.best_step()
+  if best_step is not None:
+    state = checkpoints.restore(steps.abstract_state, best=True)[0]
+  test = evaluate_split(steps.predict_step, state, source, config.data.test_split, batch_size, steps.mesh,
+                        config.num_classes)
+  test["checkpoint_step"] = int(final_step if best_step is None else best_step)
+  write(final_step, {f"test/{k}": v for k, v in test.items()})
+  if jax.process_index() == 0:
+    logging.info("test (%s, step %d): accuracy %.4f UAR %.4f macro-F1 %.4f",
+                 "final parameters" if best_step is None else "best validation checkpoint",
+                 test["checkpoint_step"], test["accuracy"], test["uar"], test["macro_f1"])
+    (epath.Path(workdir) / "test_metrics.json").write_text(json.dumps(test, indent=1))
+  return test
 
 
 def _replicated_state(variables, step, mesh) -> steps_lib.TrainState:
@@ -131,14 +153,13 @@ def evaluate(workdir: Optional[str] = None, checkpoint: Optional[str] = None, sp
                "test": config.data.test_split}.get(split, split)
   if source.num_examples(split_key) == 0:
     raise ValueError(f"the {split!r} split of protocol {config.data.protocol} is empty in this dataset")
-  model = steps_lib.create_model(config, steps_lib.mesh_platform(mesh))
+  predict_step = steps_lib.build(config, mesh).predict_step
   state = _replicated_state(loaded.variables, loaded.step, mesh)
   step = int(np.asarray(state.step))
 
   results = {}
   if jax.process_index() == 0:
     output_dir.mkdir(parents=True, exist_ok=True)
-  predict_step = steps_lib.make_predict_step(config, model, mesh)
   for mode in ("both", *removals):
     logits, labels = predict(predict_step, state, source, split_key, batch_size, mesh, remove=mode)
     result = metrics_lib.classification_metrics(logits, labels, config.num_classes)
@@ -186,7 +207,6 @@ def define_flags():
   flags.DEFINE_list("remove", ["audio_zeros", "video_zeros"], f"Streams to remove, from {REMOVALS}; '' for none.")
   flags.DEFINE_string("output_dir", None, "Default: WORKDIR/eval.")
   flags.DEFINE_string("data_dir", None, "Override the tfds data_dir of the run.")
-
 
 
 def main(argv):

@@ -28,13 +28,10 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from avtca_jax import augment, checkpointing
+from avtca_jax.config_validation import ConfigError
 from avtca_jax.models import avtca, efficientface, layers
 
 Array = jax.Array
-
-
-class ConfigError(ValueError):
-  """A config that cannot run (raised before any compilation)."""
 
 
 def create_mesh() -> jax.sharding.Mesh:
@@ -99,8 +96,7 @@ def dampened_momentum(momentum: float, dampening: float) -> optax.GradientTransf
   """PyTorch's SGD momentum buffer: b_1 = g_1, then b_t = momentum * b_{t-1} + (1 - dampening) * g_t.
 
   The first step takes the whole gradient (PyTorch creates the buffer as a copy of it), not (1 - dampening)
-  of it as `optax.trace` after `optax.scale(1 - dampening)` would: with dampening 0.9 that made our first
-  step 10x smaller than the original's."""
+  of it as `optax.trace` after `optax.scale(1 - dampening)` would (10x less with dampening 0.9)."""
 
   def init(params):
     return DampenedMomentumState(count=jnp.zeros([], jnp.int32), momentum=jax.tree.map(jnp.zeros_like, params))
@@ -116,7 +112,7 @@ def dampened_momentum(momentum: float, dampening: float) -> optax.GradientTransf
 
 
 def create_optimizer(config, learning_rate_fn) -> optax.GradientTransformation:
-  """'sgd': PyTorch SGD(momentum, dampening, weight_decay) as the original (spec 5): L2 added to the
+  """'sgd': PyTorch SGD(momentum, dampening, weight_decay) as the original trains: L2 added to the
   gradient, then PyTorch's momentum buffer (`dampened_momentum`), the same from the first step. 'adam': the
   paper's Adam with PyTorch-style L2 weight decay. 'adamw': Adam with decoupled weight decay on the kernels
   only."""

@@ -327,15 +327,15 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
 def no_compilation(monkeypatch):
   """Makes model initialisation and step construction fail loudly: a check that passes with this fixture
   ran before anything was compiled."""
-  from avtca_jax import train as train_lib
+  from avtca_jax import steps as steps_lib
   from avtca_jax.models import avtca
 
   def forbidden(*args, **kwargs):
     raise AssertionError("compiled before the input check")
 
   monkeypatch.setattr(avtca, "init_variables", forbidden)
-  monkeypatch.setattr(train_lib, "make_train_step", forbidden)
-  monkeypatch.setattr(train_lib, "abstract_variables", forbidden)
+  monkeypatch.setattr(steps_lib, "make_train_step", forbidden)
+  monkeypatch.setattr(steps_lib, "abstract_variables", forbidden)
 
 
 def _config(variant="smoke", **overrides):
@@ -486,23 +486,34 @@ def test_bfloat16_adamw_cosine_warmup_label_smoothing(tmp_path, compile_cache):
   assert {x.dtype for x in jax.tree.leaves(state["params"])} == {np.dtype(np.float32)}
 
 
-def test_init_checkpoint_overlays_converted_variables(tmp_path):
+def test_init_checkpoint_overlays_converted_variables(tmp_path, monkeypatch):
   """A converted checkpoint holding part of the model (as an EfficientFace-only conversion holds only the
-  backbone) replaces those variables; one that does not fit is refused with a message."""
+  backbone) replaces those variables in the state the run starts from; one that does not fit is refused
+  with a message."""
+  import jax
   import orbax.checkpoint as ocp
-  from avtca_jax import checkpointing, steps as steps_lib, train as train_lib
+  from avtca_jax import steps as steps_lib, train as train_lib
   bias = np.linspace(-1, 1, 8).astype(np.float32)
   kernel = np.full((128, 8), 0.01, np.float32)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(str(tmp_path / "init"), {"params": {"classifier": {"bias": bias, "kernel": kernel}}})
   checkpointer.save(str(tmp_path / "bad"), {"params": {"classifier": {"bias": np.zeros(7, np.float32)}}})
   checkpointer.wait_until_finished()
-  config = _config(model="audio", learning_rate=0.0, weight_decay=0.0, num_train_steps=1, evaluate_test=False,
-                   init_checkpoint=str(tmp_path / "init"), **{"data.source": "synthetic"})
+  started = []  # the state the trainer starts from, copied before the first step (which donates it)
+  initial_state = steps_lib.Steps.initial_state
+
+  def recorded_initial_state(self):
+    state = initial_state(self)
+    started.append(jax.device_get(state))
+    return state
+
+  monkeypatch.setattr(steps_lib.Steps, "initial_state", recorded_initial_state)
+  config = _config(model="audio", num_train_steps=1, evaluate_test=False, init_checkpoint=str(tmp_path / "init"),
+                   **{"data.source": "synthetic"})
   train_lib.train_and_evaluate(config, str(tmp_path / "w"))
-  state = checkpointing.restore_numpy(checkpointing.checkpoint_dir(tmp_path / "w"))
-  np.testing.assert_array_equal(state["params"]["classifier"]["bias"], bias)
-  np.testing.assert_array_equal(state["params"]["classifier"]["kernel"], kernel)
+  assert len(started) == 1
+  np.testing.assert_array_equal(started[0].params["classifier"]["bias"], bias)
+  np.testing.assert_array_equal(started[0].params["classifier"]["kernel"], kernel)
   config.init_checkpoint = str(tmp_path / "bad")
   with pytest.raises(steps_lib.ConfigError,
                      match=r"(?s)does not fit the model.*classifier/bias: \(7,\) vs model \(8,\)"):
