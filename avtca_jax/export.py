@@ -10,13 +10,13 @@ Everything after preprocessing is inside: the run's MFCC normalisation, channel 
 model's input size, the model. Inputs are what avtca_jax.preprocessing produces (raw MFCCs at 22050 Hz,
 MTCNN face crops); `python -m avtca_jax.predict DIR clip.mp4` runs an export on a clip.
 
-Why jax.export rather than a TensorFlow SavedModel (jax2tf): reloading needs only `jax` (no TensorFlow, flax,
-orbax or this package), the serialised StableHLO runs on every platform it was lowered for (CPU, CUDA, TPU
+Why jax.export rather than a TensorFlow SavedModel (jax2tf): reloading needs only `jax`, `numpy` and
+`flatbuffers` (which `jax.export.deserialize` imports; no TensorFlow, flax, orbax or this package), the serialised StableHLO runs on every platform it was lowered for (CPU, CUDA, TPU
 by default) with the same numerics as the trained model, and jax keeps deserialising an export for at least
 six months of newer versions. A SavedModel suits TF Serving or TFLite users, but adds a 500 MB dependency
 and a second conversion whose numerics differ (jax2tf's native lowering is jax.export underneath anyway).
 
-Reload without this package:
+Reload without this package (`pip install jax flatbuffers`):
     exported = jax.export.deserialize(bytearray(open("DIR/model.jaxexport", "rb").read()))
     logits = exported.call(mfcc, frames)
 """
@@ -86,12 +86,13 @@ def save(directory: str, loaded, exported) -> Dict[str, Any]:
 
 
 class ExportedModel:
-  """A reloaded export: `logits(mfcc, frames)` with only jax and numpy (no flax, orbax or TensorFlow)."""
+  """A reloaded export: `logits(mfcc, frames)` with only jax, numpy and flatbuffers (no flax, orbax or
+  TensorFlow)."""
 
   def __init__(self, directory: str):
     import jax
     from jax import export as jax_export
-    # pathlib, not etils: a consumer of an export may have jax alone.
+    # pathlib, not etils: a consumer of an export may have only jax, numpy and flatbuffers.
     self.info = json.loads(Path(directory, INFO_FILE).read_text())
     if self.info.get("format") != FORMAT:
       raise ValueError(f"{directory}/{INFO_FILE}: format {self.info.get('format')!r}, expected {FORMAT!r}: "
@@ -130,6 +131,10 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   console.start(args)
   try:
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+      raise FileExistsError(f"--output {args.output} is a file: choose a new folder")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+      raise FileExistsError(f"--output {args.output} is a file, not a folder: choose a new folder")
     if os.path.exists(args.output) and os.listdir(args.output):
       raise FileExistsError(f"--output {args.output} exists and is not empty: choose a new folder")
     platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
