@@ -133,8 +133,6 @@ def main(argv=None) -> int:
   try:
     if os.path.exists(args.output) and not os.path.isdir(args.output):
       raise FileExistsError(f"--output {args.output} is a file: choose a new folder")
-    if os.path.exists(args.output) and not os.path.isdir(args.output):
-      raise FileExistsError(f"--output {args.output} is a file, not a folder: choose a new folder")
     if os.path.exists(args.output) and os.listdir(args.output):
       raise FileExistsError(f"--output {args.output} exists and is not empty: choose a new folder")
     platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
