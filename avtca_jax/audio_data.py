@@ -1,7 +1,8 @@
 """RAVDESS speech audio as in-memory MFCC arrays, for audio-only training.
 
 Loads every RAVDESS audio file under a folder, crops or pads it to 3.6 s exactly as the original
-(`ravdess_preprocessing/extract_audios.py`, spec 1.3) and computes the original's MFCCs (spec 1.4):
+(`ravdess_preprocessing/extract_audios.py`, docs/original.md#audio-window) and computes the original's MFCCs
+(docs/original.md#mfccs):
 librosa at 22050 Hz, 10 coefficients, n_fft 2048, hop 512, centred STFT with *reflect* padding (librosa
 0.8.1's default; newer librosa pads with zeros), 128 Slaney mels, power_to_db(top_db=80), DCT-II ortho.
 One clip gives (156, 10) float32, time-major (the transpose of librosa's (10, 156)), raw (no normalisation).
@@ -9,7 +10,7 @@ Loading, cropping and the MFCC itself are `avtca_jax.preprocessing.audio`'s (the
 audio-video preprocessing uses); this module adds the folder listing, labels, parallelism and the cache.
 
 The features of the whole folder are computed in parallel worker processes once and cached in an .npz,
-so later runs load 1440 clips in well under a second.
+so later runs read them back instead of decoding the audio again.
 
     data = load_ravdess_audio('/path/to/ravdess/audio_speech_22k')
     # {'mfcc': (N, 156, 10) float32, 'label': (N,) int32 0..7, 'actor': (N,) int32 1..24, 'stem': (N,) str}
@@ -22,7 +23,7 @@ import hashlib
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -30,13 +31,9 @@ from avtca_jax.preprocessing import audio as shared_audio
 from avtca_jax.preprocessing import names
 from avtca_jax.splits import assign_split
 
-SAMPLE_RATE = 22050
-CLIP_SECONDS = 3.6
-CLIP_SAMPLES = int(SAMPLE_RATE * CLIP_SECONDS)  # 79,380
-NUM_MFCC = 10
-NUM_FRAMES = 1 + CLIP_SAMPLES // 512  # 156
-AUDIO_SUFFIXES = (".wav", ".flac")
-EMOTIONS = names.EMOTIONS
+SAMPLE_RATE = shared_audio.SAMPLE_RATE
+CLIP_SECONDS = shared_audio.CLIP_SECONDS
+CLIP_SAMPLES = shared_audio.num_samples()  # 79,380
 # Bump when the features change, so stale caches are never read.
 FEATURE_VERSION = "mfcc10-n2048-h512-reflect-v1"
 
@@ -56,7 +53,8 @@ def parse_name(path: PathLike) -> Tuple[int, int]:
 
 
 def crop_or_pad(waveform: np.ndarray) -> np.ndarray:
-  """Zero-pad at the end, or centre-crop removing floor(excess / 2) samples at the start (spec 1.3)."""
+  """Zero-pad at the end, or centre-crop removing floor(excess / 2) samples at the start
+  (docs/original.md#audio-window)."""
   return shared_audio.crop_or_pad(waveform, CLIP_SECONDS, SAMPLE_RATE)
 
 
@@ -66,7 +64,7 @@ def mfcc_features(waveform: np.ndarray) -> np.ndarray:
   The shared preprocessing function; tests check it equals `librosa.feature.mfcc(y=..., sr=22050, n_mfcc=10,
   n_fft=2048, hop_length=512, center=True, pad_mode='reflect')` transposed.
   """
-  return shared_audio.mfcc(np.asarray(waveform, np.float32), SAMPLE_RATE, NUM_MFCC)
+  return shared_audio.mfcc(np.asarray(waveform, np.float32), SAMPLE_RATE, shared_audio.N_MFCC)
 
 
 def load_waveform(path: PathLike) -> np.ndarray:
@@ -84,7 +82,7 @@ def list_audio_files(root: PathLike) -> List[Path]:
   root = Path(root)
   if not root.is_dir():
     raise FileNotFoundError(f"audio folder {root} does not exist")
-  files = sorted((p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()),
+  files = sorted((p for p in root.rglob("*") if p.suffix.lower() in names.AUDIO_EXTENSIONS and p.is_file()),
                  key=lambda p: p.name)
   if not files:
     raise FileNotFoundError(f"no .wav or .flac files under {root}")
@@ -146,16 +144,12 @@ def split_by_protocol(data: Dict[str, np.ndarray], protocol: str) -> Dict[str, D
   return {name: {k: v[names == name] for k, v in data.items()} for name in ("train", "validation", "test")}
 
 
-def class_counts(labels: Iterable[int]) -> np.ndarray:
-  return np.bincount(np.asarray(list(labels), np.int64), minlength=len(EMOTIONS))
-
-
 # 'train': one mean/std per coefficient from the train split's clips and frames (the fast recipe).
 # 'clip': per-clip cepstral mean and variance normalisation over the clip's 156 frames.
 # 'none': raw MFCCs, as the original.
 # All three are inductive: no statistic reads a clip outside the training split (or the clip itself).
-# A transductive per-speaker normalisation (over the test actors' audio too) was tried and dropped: it
-# lets test actors' clips into the statistics.
+# There is no per-speaker normalisation: over the test actors' audio it would let their clips into the
+# statistics (transductive).
 NORMALIZATIONS = ("train", "clip", "none")
 
 

@@ -1,15 +1,15 @@
 """Training-time augmentation: clip flip + rotation, and the original's modality dropout.
 
 Everything here except the `tf_*` functions is pure JAX, meant to run inside the jitted train step
-(docs/data.md has the measurement behind that choice). Shapes: mfcc (B, 156, 10), frames (B, T, H, W, 3).
+(docs/data.md explains that choice). Shapes: mfcc (B, 156, 10), frames (B, T, H, W, 3).
 
-- `random_flip_and_rotate`: the original's video transform (spec 1.5): per clip a horizontal flip with
-  probability 0.5, then a rotation by an integer angle in [-10, 10] degrees (PIL `rotate`: counter-clockwise
-  for positive angles, about the image centre, bilinear, no expansion, black fill). One flip and one angle per
-  clip, shared by its T frames.
-- `softhard` / `noise`: the modality dropout of the original `train.py` (spec 5). They grow the batch
-  (4B / 3B samples) and permute it; apply them to float frames (after `frames_from_uint8`), as the original
-  did to its [0, 1] tensors.
+- `random_flip_and_rotate`: the original's video transform (docs/original.md#video-transforms): per clip a
+  horizontal flip with probability 0.5, then a rotation by an integer angle in [-10, 10] degrees (PIL
+  `rotate`: counter-clockwise for positive angles, about the image centre, bilinear, no expansion, black
+  fill). One flip and one angle per clip, shared by its T frames.
+- `softhard` / `noise`: the modality dropout of the original `train.py` (docs/original.md#modality-dropout).
+  They grow the batch (4B / 3B samples) and permute it; apply them to float frames (after
+  `frames_from_uint8`), as the original did to its [0, 1] tensors.
 - `tf_flip_and_rotate` / `tf_random_flip_and_rotate`: the same transform in TensorFlow, for host-side use
   in tf.data and for comparison.
 """
@@ -131,7 +131,7 @@ def noise(rng: jax.Array, mfcc: jax.Array, frames: jax.Array, labels: jax.Array)
   _check_float_frames(frames)
   noise_rng, permutation_rng = jax.random.split(rng)
   b = mfcc.shape[0]
-  # One flat draw, then reshaped: XLA:CPU took ~10x longer to compile multi-dimensional normal draws.
+  # One flat draw, then reshaped: XLA:CPU compiles multi-dimensional normal draws far more slowly.
   z = jax.random.normal(noise_rng, (mfcc.size + frames.size,), jnp.float32)
   audio_noise = z[:mfcc.size].reshape(mfcc.shape).astype(mfcc.dtype)
   video_noise = z[mfcc.size:].reshape(frames.shape).astype(frames.dtype)

@@ -5,7 +5,8 @@ Every source yields *process-local* numpy batches, {'mfcc' (b,156,10) f32, 'fram
 batches padded to full size with a 'mask' (1 real, 0 padding). The order is a pure function of
 (seed, epoch), so a resumed run re-creates its position from the step number alone.
 
-- `tfds`: the `ravdess` builder (real data or its 'generated' config) through `avtca_jax.input_pipeline`.
+- `tfds`: the `ravdess` builder (real data or its 'generated' config) through `avtca_jax.input_pipeline`
+  (`avtca_jax.tfds_source`, which imports TensorFlow only when such a source is created).
 - `audio_folder`: real RAVDESS speech audio held in memory (`avtca_jax.audio_data`), audio-only models.
 - `synthetic`: a small learnable dataset generated in memory (tests, benchmarks, machines without tfds).
 """
@@ -17,18 +18,15 @@ from typing import Dict, Iterator
 
 import numpy as np
 
+from avtca_jax.preprocessing.audio import MFCC_SHAPE
+from avtca_jax.tfds_source import DataError, TfdsSource
 
-MFCC_SHAPE = (156, 10)
 SPLITS = ("train", "validation", "test")
 
 
 # The MFCC normalisation of an 'audio_folder' run (`ArraySource.mfcc_normalization`), which the trainer
 # writes into the workdir and `avtca_jax.predict` applies to new clips.
 NORMALIZATION_FILE = "mfcc_normalization.json"
-
-
-class DataError(ValueError):
-  """A dataset that is missing or does not fit the config (raised before any compilation)."""
 
 
 def with_validation_in_train(parts: Dict[str, Dict[str, np.ndarray]]) -> Dict[str, Dict[str, np.ndarray]]:
@@ -219,6 +217,5 @@ def create_source(config, process_index: int = 0, process_count: int = 1):
   if kind == "audio_folder":
     return _audio_folder_source(config, process_index, process_count)
   if kind == "tfds":
-    from avtca_jax import tfds_source  # imports tensorflow: only for this source
-    return tfds_source.TfdsSource(config, process_index, process_count)
+    return TfdsSource(config, process_index, process_count)
   raise DataError(f"unknown data source {kind!r}; expected 'tfds', 'audio_folder' or 'synthetic'")

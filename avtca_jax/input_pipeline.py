@@ -1,12 +1,12 @@
-"""tf.data input pipeline over the 'ravdess' tfds shards, and placement of batches on the devices.
+"""tf.data input pipeline over the 'ravdess' tfds shards: per-host numpy batches (the trainer places them).
 
 The trainer's calls:
 
     info = dataset_info('ravdess', data_dir=..., config_name='generated')
     ds = create_dataset('ravdess', 'fold1_train', batch_size=32, train=True, seed=0, data_dir=...,
                         config_name='generated')
-    for batch in ds.as_numpy_iterator():         # this host's rows; the trainer places them on the devices
-      ...                                         # (train.prefetch_to_devices, a bounded double buffer)
+    for batch in ds.as_numpy_iterator():         # this host's rows; steps.prefetch_to_devices places them
+      ...                                         # on the devices (a bounded double buffer)
 
 A batch is {'mfcc': float32 (b, 156, 10), 'frames': uint8 (b, 15, S, S, 3) RGB, 'label': int32 (b,),
 'actor': int32 (b,), 'mask': bool (b,)} with b = batch_size // jax.process_count() per host (the global
@@ -26,32 +26,36 @@ from __future__ import annotations
 
 import collections
 import math
-import os
 from typing import Dict, List, Optional
 
+import jax
 import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
 from etils import epath
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import tensorflow as tf  # noqa: E402
-import tensorflow_datasets as tfds  # noqa: E402
+from avtca_jax import augment, bundled
 
-# TensorFlow only feeds the host pipeline: never let it take accelerator memory.
-try:
-  tf.config.set_visible_devices([], "GPU")
-except RuntimeError:  # already initialised by the caller; they own that choice
-  pass
+_tensorflow_on_host = False
 
-import jax  # noqa: E402
 
-from avtca_jax import augment, bundled  # noqa: E402
-
-BATCH_KEYS = ("mfcc", "frames", "label", "actor", "mask")
+def _keep_tensorflow_on_the_host() -> None:
+  """TensorFlow only feeds the host pipeline: it never takes accelerator memory. Called before the first
+  builder is opened (every pipeline starts with `get_builder`), once per process."""
+  global _tensorflow_on_host
+  if _tensorflow_on_host:
+    return
+  _tensorflow_on_host = True
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # TensorFlow's devices are already initialised by the caller; they own that choice
+    pass
 
 
 def get_builder(builder_name_or_dir: str = "ravdess", *, data_dir: Optional[str] = None,
                 config_name: Optional[str] = None) -> tfds.core.DatasetBuilder:
   """A prepared builder: a registered name ('ravdess', 'ravdess/generated') or a dataset version folder."""
+  _keep_tensorflow_on_the_host()
   path = epath.Path(builder_name_or_dir).expanduser()  # a local folder or gs://..., as tfds reads both
   if (path / "dataset_info.json").exists():
     return tfds.builder_from_directory(str(path))

@@ -12,7 +12,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
+from avtca_jax.preprocessing.names import EMOTIONS  # class names, in label order
 
 
 def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:

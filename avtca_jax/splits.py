@@ -1,7 +1,7 @@
 """RAVDESS evaluation protocols: which actors (or clips) go to train, validation and test.
 
 - `fold1` .. `fold5`: the actor-independent 5-fold protocol of Chumachenko et al. (their first commit's
-  comment; spec 1.7): test = 4 consecutive actors, validation = the next 4 (wrapping), train = the other 16.
+  comment; docs/original.md#splits): test = 4 consecutive actors, validation = the next 4 (wrapping), train = the other 16.
   Fold 3's published list has a typo ('9' for '19'); we use the evident intent (train 17-24 and 1-8).
   Its test folds cover actors 1-20 only: actors 21-24 are never tested (fold 5 validates on them).
 - `fold6`: the same construction continued (test 21-24, validation 1-4, train 5-20), so that the six folds

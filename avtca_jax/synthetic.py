@@ -20,10 +20,11 @@ from typing import Dict
 
 import numpy as np
 
-NUM_CLASSES = 8
+from avtca_jax.preprocessing.audio import CLIP_SECONDS, SAMPLE_RATE
+from avtca_jax.preprocessing.names import EMOTIONS
+
+NUM_CLASSES = len(EMOTIONS)
 NUM_FRAMES = 15
-SAMPLE_RATE = 22050
-CLIP_SECONDS = 3.6
 
 # Per class: RGB tint added to the face, eyebrow slant, mouth half-width, mouth cycles per clip, amplitude.
 _TINT = np.array([[0, 0, 0], [0, 20, 40], [50, 40, -20], [-30, -20, 40],
@@ -87,7 +88,7 @@ def waveform(label: int, actor: int, index: int, seed: int = 0) -> np.ndarray:
   t = np.arange(duration, dtype=np.float32) / SAMPLE_RATE
   f0 = _TONE_HZ[label] * traits["pitch"] * r.uniform(0.97, 1.03)
   tone = sum((0.6 ** k) * np.sin(2 * np.pi * f0 * (k + 1) * t + r.uniform(0, 2 * np.pi)) for k in range(4))
-  envelope = np.minimum(1.0, np.minimum(t, t[-1] - t) / 0.05)  # 50 ms fades
+  envelope = np.minimum(1.0, np.minimum(t, t[-1] - t) / 0.05)  # fades of 0.05 s at both ends
   envelope = envelope * (0.6 + 0.4 * np.cos(2 * np.pi * _AM_HZ[label] * t))
   y = np.zeros(n, np.float32)
   start = r.integers(0, n - duration + 1)

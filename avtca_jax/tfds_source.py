@@ -7,19 +7,27 @@ every process runs the steps of the shortest slice per epoch (`steps_per_epoch`)
 most one local batch plus one clip per process, a different random subset each epoch (the order is
 shuffled). Evaluation reads every clip exactly once on any number of processes: each process pads its slice
 with masked clips up to the longest slice's number of batches.
+
+Importing this module is cheap: TensorFlow is imported when a `TfdsSource` is created. `DataError`, the
+error of every data source, is defined here, below `avtca_jax.data_sources` (which re-exports it and
+dispatches to this module), so the two modules do not import each other.
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
-from avtca_jax.data_sources import DataError
 
-SPLIT_NAMES = {"train": "train", "validation": "validation", "test": "test"}
+class DataError(ValueError):
+  """A dataset that is missing or does not fit the config (raised before any compilation)."""
 
 
 class TfdsSource:
   def __init__(self, config, process_index: int = 0, process_count: int = 1):
+    # TensorFlow's C++ start-up lines stay quiet unless the caller chose a log level.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from avtca_jax import input_pipeline
 
     self._pipeline = input_pipeline
@@ -53,10 +61,7 @@ class TfdsSource:
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
 
   def _stored_name(self, split: str) -> str:
-    protocol = self.config.data.protocol
-    if protocol == "paper_random":
-      return f"paper_random_{split}"
-    return f"{protocol}_{split}"
+    return f"{self.config.data.protocol}_{split}"
 
   def split_name(self, split: str) -> str:
     """The tfds split read for `split`; with `config.data.train_on_validation` the training split is

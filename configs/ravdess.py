@@ -3,7 +3,7 @@
 `get_config` builds the base (the embedded default) and applies the variant's few overrides. Each variant's
 command and what to expect is in the docstring of the function that defines it: `_default` (the base
 itself), `_smoke`, `_real_data` (fold1 .. fold5), `_original`, `_paper_split`, `_tpu`, `_audio_only`,
-`_audio_original`. Timings and measured results are in benchmarks/RESULTS.md and docs/.
+`_audio_original`. Timings and the results of runs are in benchmarks/RESULTS.md and docs/.
 
 Variants combine with overrides: `--config=configs/ravdess.py:fold2 --config.batch_size=16`.
 """

@@ -28,10 +28,10 @@ from flax import linen as nn
 from avtca_jax.models.attention import Attention, AttentionBlock, MultiHeadSelfAttention
 from avtca_jax.models.efficientface import EfficientFace
 from avtca_jax.models.layers import BatchNorm, Conv, Dense
+from avtca_jax.preprocessing.audio import MFCC_SHAPE  # (time frames, coefficients) = (156, 10)
 
 Dtype = Any
 FUSIONS = ("it", "ia", "lt")
-MFCC_SHAPE = (156, 10)  # (time frames, coefficients): 3.6 s at 22050 Hz, hop 512, 10 MFCCs
 MIN_AUDIO_FRAMES = 13   # shortest input the audio branch's 4 x (valid conv k3 + max-pool 2/1) leaves 1 frame of
 
 
@@ -62,8 +62,8 @@ class Conv1dBlock(nn.Module):
     x = nn.relu(BatchNorm(not self.train, dtype=self.dtype, axis_name=self.bn_axis_name, name="bn")(x))
     if self.audio:
       # MaxPool1d(2, stride 1) is the larger of each pair of neighbouring frames. Written as jnp.maximum it is
-      # elementwise in both directions; nn.max_pool's select-and-scatter backward made the audio branch's
-      # training step 25% slower on XLA:CPU. Gradients differ only on exact ties between two positive values
+      # elementwise in both directions; nn.max_pool's select-and-scatter backward makes the audio branch's
+      # training step slower on XLA:CPU. Gradients differ only on exact ties between two positive values
       # (split instead of given to the first); ties at 0 come from the ReLU, which passes no gradient anyway.
       x = jnp.maximum(x[:, :-1], x[:, 1:])
     return x

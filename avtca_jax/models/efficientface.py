@@ -31,9 +31,9 @@ def remat_compiler_options(platform: str | None = None) -> dict:
   """`jax.jit(..., compiler_options=...)` for a step of a `remat=True` model.
 
   XLA:CPU expands jax.checkpoint's optimization barriers away early in its pipeline (GPU: after
-  scheduling), and later passes merge each recomputation back into the forward pass: remat saves nothing
-  there (EfficientFace gradient at 30 frames of 224 px: 1494 MB of XLA temporaries with or without remat).
-  Keeping the barriers in that one program restores the saving (401 MB), same results.
+  scheduling), and later passes merge each recomputation back into the forward pass: remat saves no memory
+  there. Keeping the barriers in that one program restores the saving, with the same results
+  (docs/cpu_performance.md).
   """
   platform = platform or jax.default_backend()
   return {"xla_disable_hlo_passes": "cse_barrier_expander"} if platform == "cpu" else {}
@@ -61,8 +61,7 @@ def max_pool_3x3_s2(x):
   The forward is XLA's reduce_window. Its autodiff backward is select_and_scatter, which XLA:CPU runs
   slowly; the hand-written backward below sends each output's gradient to the first maximum of its window
   (the element PyTorch's max_pool2d and select_and_scatter pick, so ties such as ReLU zeros get identical
-  gradients) as nine fused compare/select/pad terms. Measured on the stem's (120,112,112,29), fwd+bwd:
-  2385 -> 1022 ms (interleaved, load ~10); 1166 -> 367 ms (benchmarks/op_profile.py, load ~4).
+  gradients) as nine fused compare/select/pad terms, which XLA:CPU runs faster (docs/cpu_performance.md).
   Gradients equal to select_and_scatter's to 1e-6.
   """
   return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))

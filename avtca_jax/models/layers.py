@@ -4,11 +4,13 @@ Everything is channels-last. Parameters are float32; `dtype` is the compute dtyp
 
 Why custom layers:
 - `BatchNorm`: PyTorch updates `running_var` with the *unbiased* batch variance, Flax's `nn.BatchNorm`
-  with the biased one. Converted checkpoints keep training with PyTorch's statistics only if we match it.
-- `DepthwiseConv`: XLA:CPU lowers grouped convolutions 6-9x slower than PyTorch; the same convolution written
-  as a sum of shifted slices times per-channel weights is about 8x faster there (conventions.md). On GPU and
-  TPU the native grouped convolution is the natural choice. Both forms share one parameter layout
-  (`kernel`: (kh, kw, 1, out), the `feature_group_count` layout) and are tested to agree.
+  with the biased one. Converted checkpoints keep training with PyTorch's statistics only if we match it
+  (docs/original.md#porting-notes).
+- `DepthwiseConv`: XLA:CPU lowers grouped convolutions to code several times slower than PyTorch's; the same
+  convolution written as a sum of shifted slices times per-channel weights is several times faster there
+  (docs/cpu_performance.md). On GPU and TPU the native grouped convolution is the natural choice. Both
+  forms share one parameter layout (`kernel`: (kh, kw, 1, out), the `feature_group_count` layout) and are
+  tested to agree.
 - `Conv1x1`: a 1x1 convolution as one matrix product over (N*H*W, C), faster on XLA:CPU than `lax.conv`.
 """
 
@@ -51,10 +53,10 @@ def resolve_conv_impl(impl: str, platform: Optional[str] = None) -> str:
   return impl
 
 
-# Hand-written backward passes (train-mode batch norm here, EfficientFace's stem max-pool) were written for
-# XLA:CPU, where they are faster than autodiff's. On a TPU the compiled step is smaller without them
-# (benchmarks/RESULTS.md section 8: less memory and fewer bytes accessed), so they are a per-backend choice,
-# made while the step is traced (`train.make_train_step` sets it for the mesh's platform).
+# Hand-written backward passes (train-mode batch norm here, EfficientFace's stem max-pool) are for XLA:CPU,
+# where they are faster than autodiff's. On GPUs and TPUs the compiled step is smaller without them (less
+# memory and fewer bytes accessed; docs/accelerators.md), so they are a per-backend choice, made while the
+# step is traced (`steps.make_train_step` sets it for the mesh's platform).
 _HAND_WRITTEN_BACKWARD = contextvars.ContextVar("hand_written_backward", default=True)
 
 
@@ -132,7 +134,7 @@ def _batch_stats(x: Array) -> tuple[Array, Array]:
   axes = tuple(range(x.ndim - 1))
   mean = jnp.mean(x, axis=axes)
   # Two passes, as PyTorch: E[x^2] - E[x]^2 cancels in float32 when |mean| >> std (raw MFCCs have
-  # c0 near -400), which made train-mode gradients ~40x less accurate than PyTorch's (tests/test_parity.py).
+  # c0 near -400), which makes train-mode gradients far less accurate than PyTorch's (tests/test_parity.py).
   var = jnp.mean(jnp.square(x - mean), axis=axes)
   return mean, var
 
@@ -143,8 +145,8 @@ def batch_norm_train(x: Array, scale: Array, bias: Array, epsilon: float) -> tup
 
   The hand-written backward is the textbook closed form, dx = scale/sigma * (g - mean(g) - xhat * mean(g*xhat)):
   one pass for the per-channel means and one elementwise pass, where autodiff of the two-pass variance
-  makes XLA:CPU walk the activation more often. Measured (fwd+bwd of BN+ReLU, 120 frames, load ~10):
-  (120,112,112,29) 619 -> 450 ms, (120,28,28,58) 73 -> 52 ms. Gradients agree with autodiff to ~2e-7.
+  makes XLA:CPU walk the activation more often (docs/cpu_performance.md). Gradients agree with autodiff to
+  ~2e-7.
   """
   mean, var = _batch_stats(x)
   return (x - mean) * (jax.lax.rsqrt(var + epsilon) * scale) + bias, mean, var
@@ -233,8 +235,7 @@ def _depthwise_slices(x: Array, kernel: Array, stride: int, padding: int) -> Arr
   # Output channel o reads input channel o // multiplier. With a multiplier (the LocalFeatureExtractor's
   # 29 -> 116), each window is broadcast against the kernel viewed as (in, multiplier) instead of
   # materialising jnp.repeat(x, multiplier): 4x less input traffic, and the input gradient becomes a sum
-  # over the multiplier axis. Measured at (120,28,28,29)->116 stride 2, load ~10: fwd 42 -> 12 ms,
-  # fwd+bwd 144 -> 128 ms.
+  # over the multiplier axis.
   multiplier = out_features // in_features
   x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
   height = (x.shape[1] - kh) // stride + 1

@@ -14,7 +14,7 @@ import numpy as np
 
 from avtca_jax.models.avtca import AVTCA, MFCC_SHAPE, count_params, init_variables
 
-# Used parameters of the original PyTorch model (spec 2.8), without its unused per-branch heads and,
+# Used parameters of the original PyTorch model (docs/original.md#parameter-counts), without its unused per-branch heads and,
 # for ia/lt, without the instantiated-but-unused projections and final attention.
 ORIGINAL_USED_PARAMS = {"it": 2_002_398, "ia": 1_832_030, "lt": 2_043_486}
 

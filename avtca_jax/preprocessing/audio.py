@@ -1,6 +1,6 @@
 """Audio: load at 22050 Hz, centre crop or zero pad to 3.6 s, 10 MFCCs with the original's STFT settings.
 
-The original (../shared/spec/avtca-reference.md 1.3-1.4) loads with librosa 0.8.1 at 22050 Hz (resampy
+The original (docs/original.md#audio-window and #mfccs) loads with librosa 0.8.1 at 22050 Hz (resampy
 'kaiser_best'), crops the centre 3.6 s or zero pads at the end to 79,380 samples, saves a 16-bit wav, reloads
 it and calls `librosa.feature.mfcc(y, sr, n_mfcc=10)` with 0.8.1's defaults. Differences here, on purpose:
 - resampling uses librosa 0.11's default 'soxr_hq' (resampy is not installed; the two agree far below the
@@ -47,6 +47,10 @@ def num_samples(seconds: float = CLIP_SECONDS, sr: int = SAMPLE_RATE) -> int:
 def num_mfcc_frames(seconds: float = CLIP_SECONDS, sr: int = SAMPLE_RATE) -> int:
   """156 for 3.6 s at 22050 Hz (centred STFT: 1 + samples // hop)."""
   return 1 + num_samples(seconds, sr) // MFCC_SETTINGS["hop_length"]
+
+
+# The MFCCs of one clip, time-major: (time frames, coefficients) = (156, 10), the models' audio input.
+MFCC_SHAPE = (num_mfcc_frames(), N_MFCC)
 
 
 def _decode_with_pyav(path: Path):

@@ -137,8 +137,7 @@ def _cached_ok(path: Path, config: PreprocessConfig, source: str) -> bool:
 
 def _init_worker() -> None:
   """One torch and OpenCV thread per worker process: workers default to one per core, and more threads per
-  worker only contend for the same cores (issue 14 measured 2 threads per worker on 2 busy cores 3-4x
-  slower per clip than 1)."""
+  worker only contend for the same cores and make each clip slower."""
   import cv2
   import torch
   torch.set_num_threads(1)

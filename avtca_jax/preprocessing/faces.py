@@ -14,7 +14,7 @@ the crop is cut from the full-resolution frame. Frames the downscaled pass misse
 resolution before any filling, so no face the full-resolution pass finds is lost.
 
 This module imports torch (on first detection) but never tensorflow: with the CUDA torch build, importing
-torchvision after tensorflow in one process segfaults (../shared/conventions.md).
+torchvision after tensorflow in one process segfaults (inside triton).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""PyTorch reference of the original AVT-CA model (shravan-18/AVTCA), written from the spec, not copied.
+"""PyTorch reference of the original AVT-CA model (shravan-18/AVTCA), written from its description
+(docs/original.md#model), not copied.
 
 Purpose: produce checkpoints in the original format (same state-dict keys, shapes and order as the
-public code, `docs/../shared/spec/avtca_it_state_dict.txt`) and the original forward semantics, so that
+public code, listed in `tests/data/avtca_it_state_dict.txt`) and the original forward semantics, so that
 conversion and numerical parity of the Flax port can be tested without the original repository.
 
   MultiModalCNN(fusion='it'|'ia'|'lt').forward(x_audio (B, 10, 156), x_visual (B*15, 3, 224, 224)) -> (B, 8)

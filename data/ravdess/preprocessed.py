@@ -2,7 +2,7 @@
 
 Face detection runs in a separate, clean Python process (which spawns the preprocessing workers): the
 builder's process has TensorFlow loaded, and with the CUDA build of torch, tensorflow imported before
-torchvision crashes (../shared/conventions.md). The per-clip .npz cache lives under
+torchvision segfaults (inside triton). The per-clip .npz cache lives under
 `<cache_dir>/<settings hash>/`, so an interrupted build, or a build of another config (with or without the
 video-only copies), reuses every clip already done.
 """

@@ -30,10 +30,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from avtca_jax import splits as splits_lib
+from avtca_jax.preprocessing.audio import MFCC_SHAPE
+from avtca_jax.preprocessing.names import EMOTIONS
 
-EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 NUM_FRAMES = 15
-MFCC_SHAPE = (156, 10)
 JPEG_QUALITY = 90
 FRAME_ENCODINGS = ("jpeg", "raw")
 SPLIT_PARTS = ("train", "validation", "test")
