@@ -176,8 +176,8 @@ def _real_data(config, protocol, *, builder_config="av", learning_rate=0.06, num
       python -m avtca_jax.cross_validation --config=configs/ravdess.py:fold1 --workdir=runs/cv   # all five
 
   Expected: actor-independent accuracy, for comparison with Chumachenko et al.'s 81.6% (their IA fusion,
-  one actor split), not with the AVT-CA paper's 96% on a leaky random split (docs/original.md#reported-numbers).
-  Needs a GPU or TPU: an epoch of 224 px clips takes hours on a CPU.
+  one actor split), not with the AVT-CA paper's 96% on a leaky random split
+  (docs/original.md#reported-numbers). Needs a GPU or TPU: training at 224 px is impractical on a CPU.
 
   The other real-data variants (`_original`, `_paper_split`, `_tpu`) start from this one.
   """
@@ -264,8 +264,8 @@ def _audio_only(config):
           --seeds=0,1,2 --remove=
 
   (`--fold_set=all24` adds fold 6, so that actors 21-24 are tested too.)
-  Expected: test accuracy a little below the PyTorch original's loop on the same folds and seeds, in a
-  fraction of its time (docs/audio_only.md has the table).
+  Expected: test accuracy a little below the PyTorch original's loop on the same folds and seeds
+  (docs/audio_only.md has the table).
   """
   _audio(config)
   config.data.normalize = "train"

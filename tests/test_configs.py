@@ -38,7 +38,8 @@ DIFFERENCES = {
                                        "schedule": "constant", "num_epochs": 128}),
     "tpu": dict(_REAL_DATA, dtype="bfloat16", batch_size=64, conv_impl="grouped", learning_rate=0.06 * 8,
                 warmup_epochs=2.0),
-    "audio_only": dict(_AUDIO, **{"data.normalize": "train", "num_epochs": 24, "lr_boundaries_epochs": (15, 20, 23)}),
+    "audio_only": dict(_AUDIO, **{"data.normalize": "train", "num_epochs": 24,
+                                  "lr_boundaries_epochs": (15, 20, 23)}),
     "audio_original": dict(_AUDIO, num_epochs=100, lr_boundaries_epochs=(40, 55, 65, 70)),
 }
 
