@@ -1,9 +1,10 @@
 """Audio: load at 22050 Hz, centre crop or zero pad to 3.6 s, 10 MFCCs with the original's STFT settings.
 
-The original (docs/original.md#audio-window and #mfccs) loads with librosa 0.8.1 at 22050 Hz (resampy
-'kaiser_best'), crops the centre 3.6 s or zero pads at the end to 79,380 samples, saves a 16-bit wav, reloads
-it and calls `librosa.feature.mfcc(y, sr, n_mfcc=10)` with 0.8.1's defaults. Differences here, on purpose:
-- resampling uses librosa 0.11's default 'soxr_hq' (resampy is not installed; the two agree far below the
+The original (docs/original.md#audio-window, docs/original.md#mfccs) loads with librosa 0.8.1 at 22050 Hz
+(resampy 'kaiser_best'), crops the centre 3.6 s or zero pads at the end to 79,380 samples, saves a 16-bit
+wav, reloads it and calls `librosa.feature.mfcc(y, sr, n_mfcc=10)` with 0.8.1's defaults. Differences here,
+on purpose:
+- resampling uses librosa 0.11's default 'soxr_hq' (resampy is not a dependency; the two agree far below the
   MFCC's own dB resolution, see docs/preprocessing.md);
 - no 16-bit round trip (features come straight from float samples);
 - every STFT/mel/dB/DCT setting is passed explicitly, `pad_mode='reflect'` included: librosa >= 0.9
