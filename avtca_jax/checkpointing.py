@@ -252,7 +252,7 @@ class Checkpoints:
     if jax.process_count() > 1:
       # orbax names its cross-process commit barrier after the step alone, so an asynchronous best save and
       # the periodic save of the same step (every epoch end) collide ("Barrier _async_commit_complete.<step>
-      # is already ongoing", seen on 2 processes): finish this one first. At most once per epoch.
+      # is already ongoing"): finish this one first. At most once per epoch.
       self.best.wait_until_finished()
     self._best_accuracy = float(accuracy)
     return True

@@ -3,7 +3,7 @@
 Every CLI (train, evaluate, cross_validation, predict, export, preprocess, convert, the tfds build) calls
 `configure_logging(verbose)` first and turns user errors into one line with `user_error_line`:
 
-- Log records from files outside this project (orbax writes a dozen INFO lines per checkpoint and a
+- Log records from files outside this project (orbax writes several INFO lines per checkpoint and a
   WARNING about missing metadata on every restore; absl, jax and tensorflow add more) are dropped below
   ERROR; `--verbose` keeps everything. Records are routed through Python's `logging` module by absl, so one
   filter on the handlers covers absl and plain `logging` users alike. absl's `logging.WARNING` is absl's

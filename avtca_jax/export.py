@@ -11,10 +11,11 @@ model's input size, the model. Inputs are what avtca_jax.preprocessing produces 
 MTCNN face crops); `python -m avtca_jax.predict DIR clip.mp4` runs an export on a clip.
 
 Why jax.export rather than a TensorFlow SavedModel (jax2tf): reloading needs only `jax`, `numpy` and
-`flatbuffers` (which `jax.export.deserialize` imports; no TensorFlow, flax, orbax or this package), the serialised StableHLO runs on every platform it was lowered for (CPU, CUDA, TPU
-by default) with the same numerics as the trained model, and jax keeps deserialising an export for at least
-six months of newer versions. A SavedModel suits TF Serving or TFLite users, but adds a 500 MB dependency
-and a second conversion whose numerics differ (jax2tf's native lowering is jax.export underneath anyway).
+`flatbuffers` (which `jax.export.deserialize` imports; no TensorFlow, flax, orbax or this package), the
+serialised StableHLO runs on every platform it was lowered for (CPU, CUDA, TPU by default) with the same
+numerics as the trained model, and jax keeps deserialising an export for at least six months of newer
+versions. A SavedModel suits TF Serving or TFLite users, but adds TensorFlow as a dependency and a second
+conversion whose numerics differ (jax2tf's native lowering is jax.export underneath anyway).
 
 Reload without this package (`pip install jax flatbuffers`):
     exported = jax.export.deserialize(bytearray(open("DIR/model.jaxexport", "rb").read()))

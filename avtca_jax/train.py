@@ -364,7 +364,7 @@ def define_flags():
 
 def main(argv):
   del argv
-  console.configure_logging(FLAGS.verbose)  # libraries' log lines (orbax: hundreds per run) only with --verbose
+  console.configure_logging(FLAGS.verbose)  # libraries' log lines (orbax: several per checkpoint) only with --verbose
   try:
     config = FLAGS.config
     config_validation.validate(config)  # also before jax.distributed waits for the other processes

@@ -26,10 +26,7 @@ def write_untrained_workdir(workdir: Path, config):
   """A workdir holding the freshly initialised state as its step-0 checkpoint (no training needed)."""
   from avtca_jax import checkpointing, steps as steps_lib
   workdir.mkdir(parents=True, exist_ok=True)
-  mesh = steps_lib.create_mesh()
-  model = steps_lib.create_model(config)
-  tx = steps_lib.create_optimizer(config, steps_lib.create_learning_rate_fn(config, 10))
-  state = steps_lib.create_train_state(config, model, tx, mesh)
+  state = steps_lib.build(config, steps_lib.create_mesh(), steps_per_epoch=10).initial_state()
   checkpoints = checkpointing.Checkpoints(str(workdir), async_save=False)
   checkpoints.save(state, {"step": 0, "epoch": 0, "position": 0, "model": checkpointing.model_descriptor(config)})
   checkpoints.close()
