@@ -1,12 +1,19 @@
 """Compile the trainer's train and eval steps for a TPU or GPU target on this (CPU-only) machine, ahead of time.
 
-    python -m benchmarks.aot --target=v5e-8 --dtype=bfloat16 --find_largest --out=runs/aot/v5e-8.json
-    python -m benchmarks.aot --target=h100-1 --dtype=float32 --batch_per_device=32 --remat
     python -m benchmarks.aot --list
+    python -m benchmarks.aot --target=v5e-8 --config=configs/ravdess.py:fold1 --config.dtype=bfloat16 \
+        --config.batch_size=64 --find_largest --out=runs/aot/v5e-8.json
+    python -m benchmarks.aot --target=h100-1 --config=configs/ravdess.py:fold1 --config.dtype=float32 \
+        --config.batch_size=32 --config.remat=True
+
+Like MaxText's train_compile.py: the trainer's own config (`--config=configs/ravdess.py:VARIANT` and
+`--config.x=y` overrides, as `python -m avtca_jax.train` takes them; `fold1` is the real-data recipe at
+224 px) plus the flags of the compile itself: the target topology, the batch probes of the search, the
+output file. `config.batch_size` is the global batch, as in training: the per-device batch is
+`batch_size / devices of the target`.
 
 What a user renting a v5e-8 or an H100 wants to know before paying for it: does the step compile, which
-per-device batch fits in HBM, and what throughput to expect. XLA answers all three without the hardware
-(MaxText's train_compile.py does the same for its models):
+per-device batch fits in HBM, and what throughput to expect. XLA answers all three without the hardware:
 
 - TPU targets compile through libtpu's deviceless topologies (`pip install -r requirements-tpu.txt`);
   multi-host slices (v5e 4x4, v4-32) compile the one SPMD program every host runs.
@@ -14,13 +21,12 @@ per-device batch fits in HBM, and what throughput to expect. XLA answers all thr
   (`pip install -r requirements-gpu.txt`). Without a device there is no autotuning, so Triton GEMM fusion is
   switched off for the compile (cuBLAS GEMMs instead); the memory plan is otherwise the real one.
 
-The step is the trainer's own: `steps_lib.create_model` (backend choices made for the target platform),
-`create_optimizer`, `create_train_state`, `make_train_step` / `make_predict_step` (shard_map over a `data`
-axis of every chip, donated state) and `abstract_batch`, on a mesh of the target's devices. The config is a
-variant of configs/ravdess.py (default `fold1`: the real-data recipe at 224 px with softhard modality
-dropout, which turns each clip into 4 model samples inside the step) with the flags' overrides.
+The steps are the trainer's: `steps.build(config, mesh)` (the one assembly of model, optimizer, state and
+jitted steps; backend choices made for the target platform) on a mesh of the target's devices, with the
+batch shapes of `steps.abstract_batch`.
 
-Reported per device (JSON, and one markdown row per run for benchmarks/RESULTS.md):
+Reported per device (JSON, with the date, machine, versions and command; `python -m benchmarks.report`
+turns the reports into benchmarks/RESULTS.md):
 - memory: arguments (state + batch), outputs, aliased (donated), temporaries, and the total against HBM;
 - the largest per-device batch that fits (`--find_largest`: a linear memory model from two compiles, then
   compiles that confirm the prediction; TPU: the compiler's own out-of-memory verdict; GPU: the total
@@ -34,7 +40,7 @@ Reported per device (JSON, and one markdown row per run for benchmarks/RESULTS.m
 
 from __future__ import annotations
 
-import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -43,7 +49,11 @@ import sys
 import time
 from typing import Dict, Optional, Tuple
 
-from benchmarks import hardware
+from benchmarks import hardware, records
+
+# Places the learning-rate schedule's epoch boundaries (constants of the program); the trainer takes it from
+# its data, which an ahead-of-time compile does not read. It changes no shape or buffer.
+STEPS_PER_EPOCH = 120
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,24 +174,10 @@ def data_mesh(devices):
 # ---- Config and compile --------------------------------------------------------------------------------
 
 
-def step_config(variant: str, batch_per_device: int, num_devices: int, dtype: str, remat: bool,
-                fusion: Optional[str] = None, image_size: Optional[int] = None, num_frames: Optional[int] = None,
-                modality_dropout: Optional[str] = None):
-  """configs/ravdess.py:`variant` with the AOT overrides; the global batch covers every device."""
-  from avtca_jax import train
-  config = train.default_config(variant)
+def config_for_batch(config, batch_per_device: int, num_devices: int):
+  """A copy of `config` whose global batch puts `batch_per_device` clips on each of `num_devices`."""
+  config = copy.deepcopy(config)
   config.batch_size = batch_per_device * num_devices
-  config.eval_batch_size = config.batch_size
-  config.dtype = dtype
-  config.remat = remat
-  if fusion:
-    config.fusion = fusion
-  if image_size:
-    config.image_size = image_size
-  if num_frames:
-    config.num_frames = num_frames
-  if modality_dropout:
-    config.modality_dropout = modality_dropout
   return config
 
 
@@ -215,20 +211,17 @@ def compile_step(config, mesh, which: str = "train", stored_image_size: Optional
   from jax.sharding import NamedSharding, PartitionSpec as P
   from avtca_jax import steps as steps_lib
 
-  platform = steps_lib.mesh_platform(mesh)
-  model = steps_lib.create_model(config, platform)
-  steps_per_epoch = 120  # the schedule's boundaries only; they do not change the compiled program's shape
-  tx = steps_lib.create_optimizer(config, steps_lib.create_learning_rate_fn(config, steps_per_epoch))
-  state = steps_lib.create_train_state(config, model, tx, mesh, abstract=True)
-  batch = steps_lib.abstract_batch(config, config.batch_size, mesh, stored_image_size)
+  steps = steps_lib.build(config, mesh, steps_per_epoch=STEPS_PER_EPOCH)
   if which == "train":
-    step = steps_lib.make_train_step(config, model, tx, mesh)
+    batch_size = config.batch_size
+    batch = steps_lib.abstract_batch(config, batch_size, mesh, stored_image_size)
     stop_flags = jax.ShapeDtypeStruct((mesh.size,), jax.numpy.int32, sharding=NamedSharding(mesh, P("data")))
-    args = (state, batch, stop_flags)
+    step, args = steps.train_step, (steps.abstract_state, batch, stop_flags)
   else:
-    step = steps_lib.make_predict_step(config, model, mesh)
-    batch = {k: v for k, v in batch.items()}
-    args = (state, batch, jax.ShapeDtypeStruct((4,), jax.numpy.float32, sharding=NamedSharding(mesh, P())))
+    batch_size = config.eval_batch_size or config.batch_size
+    batch = steps_lib.abstract_batch(config, batch_size, mesh, stored_image_size)
+    weights = jax.ShapeDtypeStruct((4,), jax.numpy.float32, sharding=NamedSharding(mesh, P()))
+    step, args = steps.predict_step, (steps.abstract_state, batch, weights)
   start = time.perf_counter()
   lowered = step.lower(*args)
   try:
@@ -241,7 +234,7 @@ def compile_step(config, mesh, which: str = "train", stored_image_size: Optional
   seconds = time.perf_counter() - start
   hlo = compiled.as_text() or ""
   return {"compile_s": seconds, "memory": _memory(compiled), "cost": _cost(compiled),
-          "batch_per_device": config.batch_size // mesh.size, "devices": mesh.size, **hlo_facts(hlo)}
+          "batch_per_device": batch_size // mesh.size, "devices": mesh.size, **hlo_facts(hlo)}
 
 
 def hlo_facts(hlo: str) -> dict:
@@ -334,8 +327,8 @@ def find_largest(config_fn, mesh, chip, platform, fraction, probes=(8,), multipl
     if failing and min(failing) - best <= multiple:
       break
     batch = batch + multiple if tried[batch][0] else batch - multiple
-  # Each probe keeps its cost analysis too: XLA's bytes per clip change with the batch (the TPU compile of
-  # fold1 reads about twice the bytes per clip at 16 clips per chip as at 8), so the roofline is per batch.
+  # Each probe keeps its cost analysis too: XLA's bytes per clip can change with the batch (a larger batch
+  # may spill more), so the roofline is per batch.
   probes_out = [{"batch_per_device": b, "fits": ok, "total_bytes": (r or {}).get("memory", {}).get("total"),
                  "compile_s": (r or {}).get("compile_s"), "recomputes": bool((r or {}).get("recomputes")),
                  "cost": (r or {}).get("cost")}
@@ -373,9 +366,15 @@ def markdown_row(report: dict) -> str:
   return (f"| {r['target']} | {r['devices']} ({r['hosts']} host{'s' if r['hosts'] > 1 else ''}) | {r['dtype']} | "
           f"{'yes' if r['remat'] else 'no'} | {r['at_batch']['batch_per_device']} | {gib(mem['argument'])} / "
           f"{gib(mem['temp'])} / {gib(mem['total'])} of {gib(r['hbm_bytes'])} | "
-          f"{_largest_cell(largest)} | "
-          f"{est.get('flops_per_clip', 0) / 1e9:.1f} | {est.get('bytes_per_clip', 0) / 1e9:.2f} | "
-          f"{est.get('roofline_clips_per_s', 0):.0f} ({est.get('bound', '-')}) | {r['at_batch']['compile_s']:.0f} |")
+          f"{_largest_cell(largest)} | {_estimate_cells(est)} | {r['at_batch']['compile_s']:.0f} |")
+
+
+def _estimate_cells(est: dict) -> str:
+  """GFLOP/clip | GB/clip | roofline: '-' where the report has no estimate (memory-only GPU compiles)."""
+  if not est:
+    return "- | - | -"
+  return (f"{est['flops_per_clip'] / 1e9:.1f} | {est['bytes_per_clip'] / 1e9:.2f} | "
+          f"{est['roofline_clips_per_s']:.0f} ({est['bound']})")
 
 
 def _largest_cell(largest: dict) -> str:
@@ -413,12 +412,13 @@ def local_target():
   return Target("local", key, platform, len(devices), jax.process_count(), "local"), devices
 
 
-def run(args, log=print) -> dict:
+def run(config, args, log=print) -> dict:
+  """Compile `config`'s steps for `args.target` (a target of TARGETS or 'local'); the report as a dict."""
   import jax
   from avtca_jax import compilation_cache, steps as steps_lib
   # A deviceless executable cannot be loaded back from JAX's persistent cache (no client to load it into:
   # "PjRtCompiler must be constructed with a Client"), so the cache serves `--target=local` only.
-  compilation_cache.enable(args.compilation_cache if args.target == "local" else "none")
+  compilation_cache.enable(config.compilation_cache_dir if args.target == "local" else "none")
   if args.target == "local":
     target, devices = local_target()
   else:
@@ -426,46 +426,42 @@ def run(args, log=print) -> dict:
     devices = target_devices(target)
   mesh = data_mesh(devices)
   chip = target.hardware
+  if config.batch_size % target.num_devices:
+    raise SystemExit(f"error: --config.batch_size={config.batch_size} is not a multiple of {target.name}'s "
+                     f"{target.num_devices} devices (the batch is global: devices x clips per device)")
+  batch_per_device = config.batch_size // target.num_devices
 
   def config_fn(batch, num_devices=target.num_devices):
-    config = step_config(args.variant, batch, num_devices, args.dtype, args.remat, args.fusion,
-                         args.image_size, args.num_frames, args.modality_dropout)
-    if args.conv_impl:
-      config.conv_impl = args.conv_impl
-    if args.hand_written_backward:
-      config.hand_written_backward = args.hand_written_backward
-    if args.bare:  # the step benchmarks.step_time times against PyTorch's
-      config.modality_dropout, config.flip_rotate = "none", False
-    return config
+    return config_for_batch(config, batch, num_devices)
 
-  config = config_fn(args.batch_per_device)
   report = {"target": target.name, "chip": chip.name, "platform": target.platform, "devices": target.num_devices,
             "hosts": target.num_hosts, "topology": target.topology, "hbm_bytes": chip.hbm_bytes,
-            "dtype": args.dtype, "remat": args.remat, "variant": args.variant, "fusion": config.fusion,
+            "dtype": config.dtype, "remat": config.remat, "variant": config.variant, "fusion": config.fusion,
             "image_size": config.image_size, "num_frames": config.num_frames,
             "modality_dropout": config.modality_dropout, "flip_rotate": config.flip_rotate,
             "matmul_precision": config.matmul_precision,
             "conv_impl": steps_lib.layers.resolve_conv_impl(config.conv_impl, target.platform),
-            "jax": jax.__version__, "peaks": {"flops_per_s": hardware.peak_flops(chip, args.dtype),
-                                              "bandwidth_bytes_per_s": chip.hbm_bandwidth, "source": chip.source}}
-  log(f"{target.name}: {target.num_devices} x {chip.name} on {target.num_hosts} host(s), {args.dtype}, "
-      f"remat={args.remat}, {config.image_size} px, {config.modality_dropout} dropout")
-  report["hand_written_backward"] = steps_lib.layers.hand_written_backward_for(config.hand_written_backward,
-                                                                          target.platform)
+            "hand_written_backward": steps_lib.layers.hand_written_backward_for(config.hand_written_backward,
+                                                                               target.platform),
+            "jax": jax.__version__, "peaks": {"flops_per_s": hardware.peak_flops(chip, config.dtype),
+                                              "bandwidth_bytes_per_s": chip.hbm_bandwidth, "source": chip.source},
+            "config": config.to_dict()}
+  log(f"{target.name}: {target.num_devices} x {chip.name} on {target.num_hosts} host(s), {config.dtype}, "
+      f"remat={config.remat}, {config.image_size} px, {config.modality_dropout} dropout")
   at_batch = compile_step(config, mesh)
   at_batch["fits"] = fits(at_batch, chip, target.platform, args.gpu_memory_fraction)
   report["at_batch"] = at_batch
-  log(f"  train step at {args.batch_per_device}/device: compiled in {at_batch['compile_s']:.0f} s, total "
+  log(f"  train step at {batch_per_device}/device: compiled in {at_batch['compile_s']:.0f} s, total "
       f"{at_batch['memory']['total'] / 2**30:.2f} GiB")
   if not args.skip_eval_step:
     report["eval"] = compile_step(config, mesh, which="eval")
-    log(f"  eval step at {args.batch_per_device}/device: compiled in {report['eval']['compile_s']:.0f} s, total "
-        f"{report['eval']['memory']['total'] / 2**30:.2f} GiB")
-  best_batch, best = args.batch_per_device, at_batch
+    log(f"  eval step at {report['eval']['batch_per_device']}/device: compiled in {report['eval']['compile_s']:.0f} s, "
+        f"total {report['eval']['memory']['total'] / 2**30:.2f} GiB")
+  best_batch, best = batch_per_device, at_batch
   if args.find_largest:
     best_batch, best, probes, model = find_largest(
         config_fn, mesh, chip, target.platform, args.gpu_memory_fraction, probes=args.probes or (),
-        max_compiles=args.max_compiles, log=log, known={args.batch_per_device: at_batch})
+        max_compiles=args.max_compiles, log=log, known={batch_per_device: at_batch})
     report["largest"] = {"batch_per_device": best_batch, "memory": best["memory"], "probes": probes,
                          "memory_model": model}
   cost, cost_source = best.get("cost"), target.platform
@@ -492,79 +488,76 @@ def run(args, log=print) -> dict:
     cost = {k: v * best_batch / cost_batch for k, v in cost.items()}
     cost_source = "cpu compile of the same step"
   report["cost_source"] = cost_source
-  report["estimate"] = estimate(cost, best_batch, chip, args.dtype)
+  report["estimate"] = estimate(cost, best_batch, chip, config.dtype)
   report["estimate"]["at_batch_per_device"] = best_batch
   log(markdown_row(report))
   return report
 
 
-def parse_args(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--target", choices=sorted(TARGETS) + ["local"],
-                      help="a target of --list, or 'local' for this machine's own GPUs/TPUs")
-  parser.add_argument("--bare", action="store_true",
-                      help="no modality dropout or flip/rotate: the step benchmarks.step_time times")
-  parser.add_argument("--list", action="store_true", help="list the targets and exit")
-  parser.add_argument("--table", nargs="+", default=None, metavar="JSON",
-                      help="print the markdown table of saved reports and exit")
-  parser.add_argument("--variant", default="fold1", help="configs/ravdess.py variant (default fold1)")
-  parser.add_argument("--batch_per_device", type=int, default=8)
-  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
-  parser.add_argument("--remat", action="store_true")
-  parser.add_argument("--fusion", choices=("it", "ia", "lt"), default=None)
-  parser.add_argument("--image_size", type=int, default=None)
-  parser.add_argument("--num_frames", type=int, default=None)
-  parser.add_argument("--modality_dropout", choices=("softhard", "noise", "none"), default=None)
-  parser.add_argument("--find_largest", action="store_true", help="search the largest per-device batch")
-  parser.add_argument("--max_compiles", type=int, default=3, help="compiles the batch search may add")
-  parser.add_argument("--probes", type=lambda v: tuple(int(x) for x in v.split(",") if x), default=(),
-                      help="extra per-device batches to compile before predicting (e.g. 16)")
-  parser.add_argument("--skip_eval_step", action="store_true", help="compile the train step only")
-  parser.add_argument("--cost_from", default="", metavar="JSON",
-                      help="GPU targets: per-clip FLOPs and bytes from an earlier report of the same step")
-  parser.add_argument("--skip_cpu_cost", action="store_true",
-                      help="GPU targets: no CPU compile for FLOPs and bytes (memory only)")
-  parser.add_argument("--conv_impl", choices=("auto", "grouped", "slices"), default=None,
-                      help="depthwise-conv form (default: the config's 'auto', chosen for the target platform)")
-  parser.add_argument("--hand_written_backward", choices=("auto", "on", "off"), default=None,
-                      help="batch-norm and max-pool backward passes written for XLA:CPU (auto: CPU only)")
-  parser.add_argument("--gpu_memory_fraction", type=float, default=0.75,
-                      help="share of GPU memory a program may use (JAX preallocates 75%% by default)")
-  parser.add_argument("--compilation_cache", default="",
-                      help="JAX's persistent compilation cache folder ('' = the project default, 'none' = off)")
-  parser.add_argument("--out", default=None, help="write the JSON report here")
-  args = parser.parse_args(argv)
-  if not args.list and not args.table and not args.target:
-    parser.error("--target is required (see --list)")
-  return args
+def define_flags():
+  """The trainer's `--config` plus the flags of the compile itself (defined only when run as a program)."""
+  from absl import flags
+  records.define_config_flag()
+  flags.DEFINE_string("target", None, "A target of --list, or 'local' for this machine's own GPUs/TPUs.")
+  flags.DEFINE_bool("list", False, "List the targets and exit.")
+  flags.DEFINE_bool("find_largest", False, "Search the largest per-device batch that fits.")
+  flags.DEFINE_integer("max_compiles", 3, "Compiles the batch search may add.")
+  flags.DEFINE_list("probes", [], "Per-device batches to compile before the search predicts (e.g. 16).")
+  flags.DEFINE_bool("skip_eval_step", False, "Compile the train step only.")
+  flags.DEFINE_string("cost_from", "", "GPU targets: per-clip FLOPs and bytes from an earlier report of the "
+                      "same step (its JSON).")
+  flags.DEFINE_bool("skip_cpu_cost", False, "GPU targets: no CPU compile for FLOPs and bytes (memory only).")
+  flags.DEFINE_float("gpu_memory_fraction", 0.75, "Share of GPU memory a program may use (JAX preallocates "
+                     "75% by default).")
+  flags.DEFINE_string("out", None, "Write the JSON report here.")
+  flags.DEFINE_bool("verbose", False, "Library log messages and full error tracebacks.")
 
 
-def main(argv=None):
-  args = parse_args(argv)
-  if args.table:
-    print(MARKDOWN_HEADER)
-    for path in args.table:
-      with open(path) as f:
-        print(markdown_row(json.load(f)))
-    return 0
-  if args.list:
+def main(argv):
+  del argv  # the command line is sys.argv (records.stamp); absl leaves only the program name here
+  from absl import flags
+  FLAGS = flags.FLAGS
+  if FLAGS.list:
     for t in TARGETS.values():
       print(f"{t.name:8s} {t.num_devices:2d} x {t.hardware.name} on {t.num_hosts} host(s) ({t.topology})")
     return 0
-  if args.target != "local":
-    prepare_environment(TARGETS[args.target])
+  if FLAGS.target is None or FLAGS.target not in list(TARGETS) + ["local"]:
+    sys.exit(f"error: --target={FLAGS.target}: expected one of {', '.join(sorted(TARGETS))} or local (--list)")
+  if FLAGS.target != "local":
+    prepare_environment(TARGETS[FLAGS.target])
+  from avtca_jax import console
+  console.configure_logging(FLAGS.verbose)
+  args = dataclasses.replace(Options(), target=FLAGS.target, find_largest=FLAGS.find_largest,
+                             max_compiles=FLAGS.max_compiles, probes=tuple(int(p) for p in FLAGS.probes),
+                             skip_eval_step=FLAGS.skip_eval_step, cost_from=FLAGS.cost_from,
+                             skip_cpu_cost=FLAGS.skip_cpu_cost, gpu_memory_fraction=FLAGS.gpu_memory_fraction)
+  stamp = records.stamp("benchmarks.aot")
   try:
-    report = run(args)
+    report = run(records.require_config(FLAGS.config, "--config=configs/ravdess.py:fold1"), args)
   except ImportError as error:
-    extra = "requirements-gpu.txt" if args.target.startswith(("h", "a")) else "requirements-tpu.txt"
+    extra = "requirements-gpu.txt" if FLAGS.target.startswith(("h", "a")) else "requirements-tpu.txt"
     sys.exit(f"error: {error}; install the accelerator compiler with `pip install -r {extra}`")
-  if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-      json.dump(report, f, indent=1)
+  report = {**stamp, **report}
+  if FLAGS.out:
+    records.write_json(FLAGS.out, report)
   return 0
 
 
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """The compile's own settings (everything else is the trainer's config)."""
+  target: str = "local"
+  find_largest: bool = False
+  max_compiles: int = 3
+  probes: Tuple[int, ...] = ()
+  skip_eval_step: bool = False
+  cost_from: str = ""
+  skip_cpu_cost: bool = False
+  gpu_memory_fraction: float = 0.75
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  from absl import app
+  define_flags()
+  from avtca_jax import console
+  app.run(main, flags_parser=console.parse_flags)

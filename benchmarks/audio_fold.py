@@ -1,12 +1,12 @@
 """The PyTorch original's audio-only training loop on whole folds x seeds: the reference for our trainer.
 
-    python -m benchmarks.audio_fold --fold_set=chumachenko5 --seeds=0,1,2 --json=/tmp/torch_folds.json
+    python -m benchmarks.audio_fold --fold_set=chumachenko5 --seeds=0,1,2 --json=runs/torch_folds.json
 
 For each actor-independent fold (`avtca_jax.splits`, the same fold sets as `avtca_jax.cross_validation`)
 of the 1440 real RAVDESS speech files (`--audio_dir`, default $AVTCA_RAVDESS_DIR/audio_speech_22k), on the
 MFCCs our trainer reads (`audio_data.load_ravdess_audio`, the original's librosa features):
 the original's audio branch (`reference.torch_avtca.AudioCNNPool`: stage 1 + 2, mean over time, linear head)
-trained with the original's code path and recipe (spec 5): raw MFCCs, SGD 0.06, momentum 0.9, dampening 0.9,
+trained with the original's code path and recipe (docs/original.md): raw MFCCs, SGD 0.06, momentum 0.9, dampening 0.9,
 L2 1e-3, batch 8 shuffled, 100 epochs, `adjust_learning_rate` (x0.1 from epoch 40, 55, 65, 70, epochs
 counted from 1), validation after every epoch, the best epoch's parameters (strict '>') run on the test
 actors. `torch.manual_seed(seed)` as the original. Metrics are `avtca_jax.metrics.classification_metrics`
@@ -19,7 +19,7 @@ bare loop + 100 epochs x (train + validation clips) x seconds per clip ('as it s
 Our side runs separately through the one trainer (`python -m avtca_jax.cross_validation`, same folds and
 seeds); `--compare=NAME=DIR,...` prints the side-by-side table over the runs all of them finished:
 
-    python -m benchmarks.audio_fold --json=/tmp/torch_folds.json --compare=fast=/tmp/audio_cv,original=/tmp/audio_orig \
+    python -m benchmarks.audio_fold --json=runs/torch_folds.json --compare=fast=runs/audio_cv,original=runs/audio_orig \
         [--fold_set=all24]
 
 Every finished run is written to `--json` at once, and rerunning with the same `--json` skips the runs
@@ -273,7 +273,7 @@ def main(argv=None):
                       "(with --compare: a comma-separated list of them)")
   parser.add_argument("--threads", type=int, default=0,
                       help="torch.set_num_threads (default: torch's own, the machine's cores). Run the loop "
-                           "alone: on the 2-core machine it slowed 3-5x beside another job, with 1 or 2 threads")
+                           "alone: another job on the same cores slows it, whatever the thread count")
   parser.add_argument("--per_clip_features", type=int, default=0,
                       help="time the original's per-clip MFCC on this many clips ('as it ships' estimate)")
   parser.add_argument("--compare", default="",

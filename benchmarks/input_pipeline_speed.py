@@ -1,6 +1,6 @@
 """Input pipeline speed: clips/s from the builder's TFRecord shards, JPEG vs raw frames, device-side augment.
 
-    python -m benchmarks.input_pipeline_speed --manual_dir ../shared/data/ravdess --work_dir /tmp/bench_data
+    python -m benchmarks.input_pipeline_speed --manual_dir $AVTCA_RAVDESS_DIR --work_dir DIR
     python -m benchmarks.input_pipeline_speed            # no RAVDESS: 224 px generated clips instead
 
 Measures, with the training settings (shuffle, batch 8, deterministic order):
@@ -20,6 +20,7 @@ import datetime
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -124,8 +125,8 @@ def _device_augment_cost(image_size: int, repeats: int):
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--manual_dir", default=None, help="RAVDESS folder (or the shared sample); none: generated clips")
-  p.add_argument("--work_dir", default="/tmp/avtca_input_bench")
+  p.add_argument("--manual_dir", default=None, help="RAVDESS folder (e.g. $AVTCA_RAVDESS_DIR); none: generated clips")
+  p.add_argument("--work_dir", default=os.path.join(tempfile.gettempdir(), "avtca_input_bench"))
   p.add_argument("--preprocess_cache_dir", default=None)
   p.add_argument("--batches", type=int, default=30)
   p.add_argument("--warmup", type=int, default=5)

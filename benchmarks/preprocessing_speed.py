@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ravdess"
+# The RAVDESS clips: the folder $AVTCA_RAVDESS_DIR names (Actor_XX/ video and audio files, as downloaded).
+DATA = Path(os.environ.get("AVTCA_RAVDESS_DIR", "") or "AVTCA_RAVDESS_DIR is not set")
 ORIGINAL_INDICES = [i * 108 // 15 + 108 // 30 for i in range(15)]  # [3, 10, ..., 103] from the start
 
 
@@ -84,7 +85,8 @@ def main(argv=None):
   ap.add_argument("--out", default=None)
   args = ap.parse_args(argv)
   if not DATA.is_dir():
-    print(f"RAVDESS sample not found at {DATA}", file=sys.stderr)
+    print(f"RAVDESS clips not found at {DATA}: set AVTCA_RAVDESS_DIR to the folder that holds them",
+          file=sys.stderr)
     return 1
   import cv2
   import torch

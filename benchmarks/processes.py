@@ -1,7 +1,7 @@
 """Benchmark subprocesses: run one, and when it dies say how (signal, exit code, peak memory).
 
-A worker killed by the kernel's out-of-memory killer gets SIGKILL and writes nothing to stderr, so "failed"
-with an empty error was all the suite could say. `run` waits for the child with `os.wait4`, which returns
+A worker killed by the kernel's out-of-memory killer gets SIGKILL and writes nothing to stderr, so its exit
+status alone says little. `run` waits for the child with `os.wait4`, which returns
 the child's own resource usage (peak RSS) even when it was killed, and `WorkerFailed` carries a one-line
 account such as "killed by SIGKILL (signal 9; likely out of memory: peak RSS N GB before death)".
 """

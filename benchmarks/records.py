@@ -39,9 +39,17 @@ def machine() -> dict:
 
 
 def command(module: str, argv: Optional[Sequence[str]] = None) -> str:
-  """The command line that reproduces this run (`python -m MODULE ARGS`)."""
+  """The command line that reproduces this run (`python -m MODULE ARGS`). An absolute path given to a flag
+  (a scratch folder, an output file) is this machine's, so it is written as DIR or FILE."""
   args = list(sys.argv[1:] if argv is None else argv)
-  return " ".join(["python -m " + module] + [shlex.quote(a) for a in args])
+
+  def portable(arg: str) -> str:
+    flag, sep, value = arg.partition("=")
+    if sep and flag.startswith("--") and os.path.isabs(value):
+      return f"{flag}={'DIR' if 'dir' in flag else 'FILE'}"
+    return arg
+
+  return " ".join(["python -m " + module] + [shlex.quote(portable(a)) for a in args])
 
 
 def stamp(module: str, argv: Optional[Sequence[str]] = None) -> dict:

@@ -1,86 +1,79 @@
-"""Benchmark suite: one entry point, JSON results, a human table appended to benchmarks/RESULTS.md.
+"""Benchmark suite: one entry point taking the trainer's config, JSON results.
 
-    python -m benchmarks.run --suite=step            # Flax vs PyTorch train step + inference, batch 8/32, f32/bf16
-    python -m benchmarks.run --suite=pipeline        # tf.data clips/s from TFRecord shards vs the step's consumption
-    python -m benchmarks.run --suite=accuracy        # audio-only 5-fold cross-validation on real RAVDESS speech
-    python -m benchmarks.run --suite=train           # the real training loop (input included): clips/s vs the step
-    python -m benchmarks.run --suite=all
-    python -m benchmarks.run --suite=step --quick    # tiny configuration (CI): checks the machinery, not the speed
+    python -m benchmarks.run --suite=step --config=configs/ravdess.py:fold1 --config.modality_dropout=none \
+        --config.flip_rotate=False --probes=8,32          # the trainer's step vs PyTorch's, batch 8 and 32
+    python -m benchmarks.run --suite=train --config=configs/ravdess.py --config.num_train_steps=24 \
+        --config.log_every_steps=4                          # the real training loop, input included, vs its step
+    python -m benchmarks.run --suite=pipeline --config=configs/ravdess.py   # tf.data clips/s from TFRecord shards
+    python -m benchmarks.run --suite=accuracy --config=configs/ravdess.py:audio_only   # cross-validation
 
-Options: --batch_sizes=8,32 --dtypes=float32,bfloat16 --remat (JAX: rematerialise EfficientFace's blocks)
---find_largest (accelerators: double the batch until out of memory) --out=results.json --no_append;
-train suite: --train_variant --train_batch_size --train_image_size --train_steps --train_log_every
---train_prefetch --no-train_device_cache.
-The step suite needs only jax/flax/optax/numpy/torch, so it runs on a bare GPU machine (device-resident
-synthetic batches); see benchmarks/gpu.sh and benchmarks/tpu.sh. A worker that dies (killed for memory, a
-crash) is reported with how it ended (signal or exit code, its last error line, its peak RSS), not just
-"failed".
+Like the trainer, it takes `--config=configs/ravdess.py:VARIANT` and `--config.x=y` overrides: every suite
+runs that config (the step suite at each batch size of `--probes`, default the config's; the train suite
+runs `python -m avtca_jax.train` with the same arguments for `config.num_train_steps` steps). Its own flags
+say what to run and how often: --suite, --probes, --find_largest, --frameworks, --repeats, --warmup,
+--compare_device_cache, --av_protocols, --workdir, --out. The PyTorch original's step has no modality
+dropout or flip/rotate, so comparing against it needs `--config.modality_dropout=none
+--config.flip_rotate=False`.
+
+Results go to one JSON file (default benchmarks/results/run_<UTC time>.json) with the date, machine,
+versions and command; `python -m benchmarks.report` regenerates benchmarks/RESULTS.md from such files.
+The step suite needs only jax/flax/optax/numpy/ml_collections/torch, so it runs on a bare GPU machine
+(device-resident synthetic batches); see benchmarks/gpu.sh and benchmarks/tpu.sh. A worker that dies
+(killed for memory, a crash) is reported with how it ended (signal or exit code, its last error line, its
+peak RSS), not just "failed".
 """
 
 from __future__ import annotations
 
-import argparse
+import copy
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
-import time
+import types
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
-from benchmarks import processes, step_time
+from benchmarks import processes, records, step_time
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS_MD = REPO / "benchmarks" / "RESULTS.md"
-
-
-def _versions():
-  out = {"python": platform.python_version()}
-  for name in ("jax", "jaxlib", "flax", "optax", "torch", "tensorflow"):
-    try:
-      out[name] = __import__(name).__version__
-    except Exception:  # not installed on this machine (e.g. no TensorFlow on a GPU box)
-      pass
-  return out
+REPO = records.REPO
+SUITES = ("step", "pipeline", "accuracy", "train")
 
 
-def step_suite(args):
-  """Train step + eval forward for each batch size and dtype, both frameworks side by side."""
+def _with_batch(config, batch_size: int):
+  config = copy.deepcopy(config)
+  config.batch_size = batch_size
+  return config
+
+
+def step_suite(config, args):
+  """The trainer's train step and eval forward at each probed batch size, every framework side by side."""
   rows = []
-  batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-  for dtype in args.dtypes.split(","):
-    sizes = list(batch_sizes)
-    if args.find_largest:
-      sizes.append(_largest_batch(dtype, args))
-    for batch in sizes:
-      cfg = step_time.parse_args([f"--batch_size={batch}", f"--dtype={dtype}", f"--repeats={args.repeats}",
-                                  f"--warmup={args.warmup}", f"--eval_repeats={args.repeats}",
-                                  f"--image_size={args.image_size}", f"--conv_impl={args.conv_impl}"]
-                                 + (["--remat"] if args.remat else []))
-      row = {"batch_size": batch, "dtype": dtype, "image_size": args.image_size, "conv_impl": args.conv_impl,
-             "remat": args.remat}
-      for framework in args.frameworks.split(","):
-        try:
-          row[framework] = step_time.measure(framework, cfg)
-        except processes.WorkerFailed as failure:  # e.g. killed for memory at this batch size
-          row[framework] = failure.as_dict()
-          print(f"{framework} at batch {batch} {dtype}: {failure.message}", file=sys.stderr, flush=True)
-      rows.append(row)
-      print(_step_row_md(row), flush=True)
+  sizes = [int(b) for b in args.probes] or [config.batch_size]
+  if args.find_largest:
+    sizes.append(_largest_batch(config))
+  timing = step_time.Timing(repeats=args.repeats, warmup=args.warmup, eval_repeats=args.repeats)
+  for batch in sizes:
+    row = {"batch_size": batch, "dtype": config.dtype, "image_size": config.image_size,
+           "conv_impl": config.conv_impl, "remat": config.remat, "variant": config.variant}
+    for framework in args.frameworks:
+      try:
+        row[framework] = step_time.measure(framework, _with_batch(config, batch), timing)
+      except processes.WorkerFailed as failure:  # e.g. killed for memory at this batch size
+        row[framework] = failure.as_dict()
+        print(f"{framework} at batch {batch} {config.dtype}: {failure.message}", file=sys.stderr, flush=True)
+    rows.append(row)
+    print(_step_row_md(row), flush=True)
   return rows
 
 
-def _largest_batch(dtype, args):
+def _largest_batch(config):
   """Doubles the JAX batch from 32 until a step fails (out of memory); returns the last that ran."""
   batch, last_ok = 32, 32
   while batch <= 4096:
-    cfg = step_time.parse_args([f"--batch_size={batch}", f"--dtype={dtype}", "--repeats=1", "--warmup=0",
-                                "--eval_repeats=1", f"--image_size={args.image_size}"]
-                               + (["--remat"] if args.remat else []))
     try:
-      step_time.measure("jax", cfg)
+      step_time.measure("jax", _with_batch(config, batch), step_time.Timing(repeats=1, warmup=0, eval_repeats=1))
     except processes.WorkerFailed:
       break
     last_ok, batch = batch, batch * 2
@@ -120,16 +113,16 @@ def _step_row_md(row):
   return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def pipeline_suite(args):
-  """tf.data clips/s from TFRecord shards of the real shared clips (generated clips when they are absent)."""
+def pipeline_suite(config, args):
+  """tf.data clips/s from TFRecord shards of the RAVDESS clips under $AVTCA_RAVDESS_DIR (generated clips when
+  it is unset)."""
+  del config  # the pipeline benchmark builds its own datasets (JPEG and raw)
   out = Path(args.workdir) / "pipeline.json"
   cmd = [sys.executable, "-m", "benchmarks.input_pipeline_speed", f"--out={out}",
          f"--work_dir={Path(args.workdir) / 'pipeline_data'}"]
-  shared = REPO.parent / "shared" / "data" / "ravdess"
-  if shared.is_dir():
-    cmd.append(f"--manual_dir={shared}")
-  if args.quick:
-    cmd += ["--batches=3", "--warmup=1"]
+  ravdess_dir = os.environ.get("AVTCA_RAVDESS_DIR", "")
+  if ravdess_dir and os.path.isdir(ravdess_dir):
+    cmd.append(f"--manual_dir={ravdess_dir}")
   processes.run(cmd, cwd=REPO, capture=False)  # its progress stays on the terminal
   result = json.loads(out.read_text())
   result["markdown"] = result.get("table", "")
@@ -175,73 +168,62 @@ def _loop_rates(records, batch_size):
                      "best_interval_step_s": min(i["step_s"] for i in steady)}
 
 
-def _step_only(results, args, batch_size, image_size):
-  """The step suite's JAX figure for the train run's settings (its row when it ran them, else one worker)."""
+def _step_only(results, config, args):
+  """The step suite's JAX figure for the train run's config (its row when it ran that batch, else one worker)."""
   for row in results.get("step", []):
-    if (row.get("batch_size"), row.get("dtype"), row.get("image_size"), row.get("conv_impl"), row.get("remat")) == (
-        batch_size, args.train_dtype, image_size, args.train_conv_impl, args.remat) and "step" in row.get("jax", {}):
+    if isinstance(row, dict) and row.get("batch_size") == config.batch_size and "step" in row.get("jax", {}):
       return dict(row["jax"], source="step suite row")
-  cfg = step_time.parse_args([f"--batch_size={batch_size}", f"--dtype={args.train_dtype}",
-                              f"--image_size={image_size}", f"--conv_impl={args.train_conv_impl}",
-                              f"--repeats={max(args.repeats, 3)}", "--warmup=1", "--eval_repeats=1"]
-                             + (["--remat"] if args.remat else []))
-  return dict(step_time.measure("jax", cfg), source="step_time JAX worker, same settings")
+  timing = step_time.Timing(repeats=max(args.repeats, 3), warmup=1, eval_repeats=1)
+  return dict(step_time.measure("jax", config, timing), source="step_time JAX worker, same config")
 
 
-def train_suite(args, results):
-  """The real trainer (`python -m avtca_jax.train`, tf.data input, augmentation, metrics, checkpoint) for a
-  fixed number of steps: its steady-state clips/s from metrics.jsonl beside the bare step's clips/s at the
-  same batch, crop size, dtype and conv form, so the input and loop overhead is a number. With
-  --train_device_cache a second run holds the training split on the devices (config.data.device_cache):
+def train_suite(config, args, results, config_args: Sequence[str]):
+  """The real trainer (`python -m avtca_jax.train` with the suite's config: its input pipeline, augmentation,
+  metrics, checkpoints) for `config.num_train_steps` steps: its steady-state clips/s from metrics.jsonl
+  beside the bare step's clips/s for the same config, so the input and loop overhead is a number. With
+  --compare_device_cache a second run holds the training split on the devices (config.data.device_cache):
   its result is under 'device_cache_run' and in the same table."""
-  result = _train_run(args, results, device_cache=False)
+  if config.num_train_steps <= 0:
+    raise SystemExit("error: the train suite times config.num_train_steps steps: add e.g. "
+                     "--config.num_train_steps=24 --config.log_every_steps=4")
+  result = _train_run(config, args, results, config_args, device_cache=config.data.device_cache)
   rows = [result]
-  if args.train_device_cache:
-    result["device_cache_run"] = _train_run(args, results, device_cache=True, step_only=result.get("step_only"))
+  if args.compare_device_cache and not config.data.device_cache:
+    result["device_cache_run"] = _train_run(config, args, results, config_args, device_cache=True,
+                                            step_only=result.get("step_only"))
     rows.append(result["device_cache_run"])
   result["markdown"] = _train_md(rows)
   return result
 
 
-def _train_run(args, results, device_cache: bool, step_only: Optional[dict] = None):
-  batch, size, steps, log_every = args.train_batch_size, args.train_image_size, args.train_steps, args.train_log_every
-  overrides = [f"--config.batch_size={batch}", f"--config.image_size={size}", f"--config.num_train_steps={steps}",
-               f"--config.log_every_steps={log_every}", f"--config.dtype={args.train_dtype}",
-               f"--config.conv_impl={args.train_conv_impl}", "--config.evaluate_test=False",
-               "--config.progress_bar=False", f"--config.data.prefetch={args.train_prefetch}"]
-  if device_cache:
-    overrides.append("--config.data.device_cache=True")
-  if args.remat:
-    overrides.append("--config.remat=True")
-  if args.quick:  # in-memory generated clips: no tfds dataset to build on a fresh CI machine
-    overrides.append("--config.data.source=synthetic")
+def _train_run(config, args, results, config_args, device_cache: bool, step_only: Optional[dict] = None):
+  batch = config.batch_size
+  extra = ["--config.data.device_cache=True"] if device_cache and not config.data.device_cache else []
   workdir = tempfile.mkdtemp(prefix="train_", dir=args.workdir)
-  cmd = [sys.executable, "-m", "avtca_jax.train", f"--config=configs/ravdess.py:{args.train_variant}",
-         f"--workdir={workdir}", *overrides]
+  cmd = [sys.executable, "-m", "avtca_jax.train", *config_args, *extra, f"--workdir={workdir}"]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  command = "python -m avtca_jax.train " + " ".join(cmd[3:4] + ["--workdir=DIR"] + overrides)
+  command = " ".join(["python -m avtca_jax.train", *config_args, *extra, "--workdir=DIR"])
   try:
     finished = processes.run(cmd, cwd=REPO, env=env)
-    records = _train_records(os.path.join(workdir, "metrics.jsonl"))
+    records_ = _train_records(os.path.join(workdir, "metrics.jsonl"))
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
-  if len(records) < 2:
-    raise ValueError(f"the training run logged {len(records)} interval(s); need --train_steps >= 2")
-  intervals, steady = _loop_rates(records, batch)
-  first_step_s = records[0]["train/step_time"]
-  result = {"command": command, "variant": args.train_variant, "device_cache": device_cache, "batch_size": batch,
-            "image_size": size, "prefetch": args.train_prefetch,
-            "dtype": args.train_dtype, "conv_impl": args.train_conv_impl, "remat": args.remat,
-            "data_source": "synthetic (in memory)" if args.quick else "the variant's", "num_train_steps": steps,
-            "intervals": intervals, "loop": steady, "first_step_s": first_step_s,
-            "compile_s": first_step_s - steady["step_s"], "wall_s": finished.wall_s,
-            "load_average": os.getloadavg(),
-            "peak_rss_mb": finished.peak_rss_mb}
+  if len(records_) < 2:
+    raise ValueError(f"the training run logged {len(records_)} interval(s); need config.num_train_steps of at "
+                     "least 2 x config.log_every_steps")
+  intervals, steady = _loop_rates(records_, batch)
+  first_step_s = records_[0]["train/step_time"]
+  result = {"command": command, "variant": config.variant, "device_cache": device_cache, "batch_size": batch,
+            "image_size": config.image_size, "prefetch": config.data.prefetch, "dtype": config.dtype,
+            "conv_impl": config.conv_impl, "remat": config.remat, "data_source": config.data.source,
+            "num_train_steps": config.num_train_steps, "intervals": intervals, "loop": steady,
+            "first_step_s": first_step_s, "compile_s": first_step_s - steady["step_s"], "wall_s": finished.wall_s,
+            "load_average": os.getloadavg(), "peak_rss_mb": finished.peak_rss_mb}
   try:
     if step_only and "clips_per_s" in step_only:  # the first run's measurement of the same step
       result["step_only"] = step_only
     else:
-      only = _step_only(results, args, batch, size)
+      only = _step_only(results, config, args)
       result["step_only"] = {k: only[k] for k in ("source", "clips_per_s", "compile_s", "peak_rss_mb", "device")}
       result["step_only"]["step_s"] = only["step"]["median_s"]
       result["step_only"]["min_step_s"] = only["step"]["min_s"]
@@ -256,10 +238,10 @@ def _train_run(args, results, device_cache: bool, step_only: Optional[dict] = No
 def _train_md(rows):
   first = rows[0]
   only = first.get("step_only", {})
-  lines = [f"Training loop: `{first['command']}` (device cache: the same plus `--config.data.device_cache=True`). "
+  lines = [f"Training loop: `{first['command']}` (device cache: with `--config.data.device_cache=True`). "
            f"Loop figures: steps {first['loop']['steps']} (metrics.jsonl). Compile (estimate) = first step minus a "
            "steady step, so it includes the first batch. Step-only: the bare jitted step on device-resident "
-           "synthetic batches at the same batch, crop size, dtype and conv form "
+           "synthetic batches, same config "
            f"({only.get('source', 'not measured')}); the overhead is input (host pipeline or on-device gather, "
            "on-device augmentation and resize) plus the loop's own work. Best: the loop's fastest log interval "
            "against the bare step's fastest repeat (less disturbed by other jobs). Load average at the end of each "
@@ -285,7 +267,7 @@ def _train_md(rows):
   return "\n".join(lines)
 
 
-PUBLISHED = ("Published, for comparison (spec 7): AVT-CA 96.11% accuracy / 93.78 F1 on its random 80/20 split "
+PUBLISHED = ("Published, for comparison: AVT-CA 96.11% accuracy / 93.78 F1 on its random 80/20 split "
              "(leaks actors; secondary sources); Chumachenko et al. 81.58% actor-independent (IA fusion). The "
              "PyTorch original's audio loop on the same folds and seeds: `python -m benchmarks.audio_fold` "
              "(docs/audio_only.md).")
@@ -306,19 +288,18 @@ def _tfds_dataset_dir(data_dir: str, config_name: str) -> Optional[Path]:
   return versions[-1].parent if versions else None
 
 
-def _av_protocol(args, name, variant, runner, published):
-  """Run one audio-video protocol when the ravdess tfds dataset is built; otherwise say how to get there."""
+def _av_protocol(workdir, data_dir, name, variant, runner, published):
+  """Run one audio-video protocol when the ravdess tfds dataset is built (under `data_dir`, the config's
+  data.data_dir); otherwise say how to get there."""
   builder_config = "av_with_video_only" if variant == "original" else "av"
-  out = Path(args.workdir) / "accuracy" / name
+  out = Path(workdir) / "accuracy" / name
   command = ([sys.executable, "-m", "avtca_jax.cross_validation", f"--config=configs/ravdess.py:{variant}",
               f"--workdir={out}"] if runner == "cross_validation" else
              [sys.executable, "-m", "avtca_jax.train", f"--config=configs/ravdess.py:{variant}", f"--workdir={out}"])
-  if args.data_dir:
-    command.append(f"--config.data.data_dir={args.data_dir}")
-  if args.init_checkpoint:
-    command.append(f"--config.init_checkpoint={args.init_checkpoint}")
-  shown = " ".join(["python"] + command[1:])
-  if _tfds_dataset_dir(args.data_dir, builder_config) is None:
+  if data_dir:
+    command.append(f"--config.data.data_dir={data_dir}")
+  shown = " ".join(["python"] + command[1:4] + ["--workdir=DIR"] + command[5:])
+  if _tfds_dataset_dir(data_dir, builder_config) is None:
     return {"protocol": name, "status": "not run", "command": shown, "published": published,
             "reason": f"tfds dataset ravdess/{builder_config} not found (build it from the full RAVDESS download: "
                       f"python -m data.ravdess.build data/ravdess --config {builder_config} --manual_dir DIR "
@@ -347,100 +328,90 @@ def _accuracy_md(audio_table: str, recipe: str, av_rows) -> str:
           + "\n".join(rows))
 
 
-def accuracy_suite(args):
-  """Audio-only actor-independent folds on the real speech files through the one trainer
-  (`cross_validation`), and the audio-video protocols (actor folds, the original's split, the paper's
-  random split) where the ravdess tfds dataset is built."""
-  out = Path(args.workdir) / "accuracy" / args.recipe
-  folds = "1" if args.quick else "1,2,3,4,5"
-  audio_dir = os.path.join(os.environ.get("AVTCA_RAVDESS_DIR", ""), "audio_speech_22k")
-  cmd = [sys.executable, "-m", "avtca_jax.cross_validation", f"--config=configs/ravdess.py:{args.recipe}",
-         f"--workdir={out}", f"--folds={folds}", "--remove=", "--config.progress_bar=False"]
-  if os.environ.get("AVTCA_RAVDESS_DIR"):
-    cmd.append(f"--config.data.path={audio_dir}")
-  if args.quick:
-    cmd += ["--config.num_train_steps=2"]
+def accuracy_suite(config, args, config_args: Sequence[str]):
+  """Cross-validation of the suite's config through the one trainer (`avtca_jax.cross_validation`, every fold
+  of its fold set; e.g. `:audio_only` on the real speech files), and the audio-video protocols (actor folds,
+  the original's split, the paper's random split) where the ravdess tfds dataset is built."""
+  out = Path(args.workdir) / "accuracy" / config.variant
+  cmd = [sys.executable, "-m", "avtca_jax.cross_validation", *config_args, f"--workdir={out}", "--remove="]
   processes.run(cmd, cwd=REPO, capture=False)  # its progress stays on the terminal
   report = json.loads((out / "cross_validation.json").read_text())
   table = (out / "cross_validation.md").read_text()
-  protocols = [p for p in AV_PROTOCOLS if p[0] in args.av_protocols.split(",")]
-  av_rows = [_av_protocol(args, *p) for p in protocols]
-  return {"audio": report, "av": av_rows, "markdown": _accuracy_md(table, args.recipe, av_rows)}
+  protocols = [p for p in AV_PROTOCOLS if p[0] in args.av_protocols]
+  av_rows = [_av_protocol(args.workdir, config.data.data_dir, *p) for p in protocols]
+  return {"audio": report, "av": av_rows, "markdown": _accuracy_md(table, config.variant, av_rows)}
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--suite", default="step", help="step, pipeline, accuracy, train, all, or a comma list")
-  p.add_argument("--quick", action="store_true", help="tiny configuration for CI: checks fields, not speed")
-  p.add_argument("--batch_sizes", default="8,32")
-  p.add_argument("--dtypes", default="float32,bfloat16")
-  p.add_argument("--frameworks", default="jax,torch")
-  p.add_argument("--repeats", type=int, default=5)
-  p.add_argument("--warmup", type=int, default=2)
-  p.add_argument("--image_size", type=int, default=224)
-  p.add_argument("--conv_impl", default="auto")
-  p.add_argument("--remat", action="store_true", help="JAX: rematerialise EfficientFace's blocks (less memory)")
-  p.add_argument("--find_largest", action="store_true")
-  p.add_argument("--recipe", default="audio_only",
-                 help="accuracy suite: audio config variant (audio_only: the fast recipe; audio_original)")
-  p.add_argument("--av_protocols", default="av_folds,av_original,av_paper_split",
-                 help="accuracy suite: audio-video protocols to run when the ravdess tfds dataset is built")
-  p.add_argument("--data_dir", default="", help="accuracy suite: tfds data_dir holding ravdess/av")
-  p.add_argument("--init_checkpoint", default="", help="accuracy suite: converted EfficientFace for the AV runs")
-  p.add_argument("--train_variant", default="default", help="train suite: configs/ravdess.py variant")
-  p.add_argument("--train_batch_size", type=int, default=8)
-  p.add_argument("--train_image_size", type=int, default=32, help="model input (the generated clips are 64 px)")
-  p.add_argument("--train_dtype", default="float32")
-  p.add_argument("--train_conv_impl", default="auto")
-  p.add_argument("--train_steps", type=int, default=24, help="within one epoch (32 steps of 8 on the default)")
-  p.add_argument("--train_log_every", type=int, default=4)
-  p.add_argument("--train_prefetch", type=int, default=2, help="train suite: config.data.prefetch")
-  p.add_argument("--train_device_cache", action=argparse.BooleanOptionalAction, default=True,
-                 help="train suite: also run with the training split cached on the devices")
-  p.add_argument("--workdir", default="/tmp/avtca_benchmarks")
-  p.add_argument("--out", default="", help="JSON results file (default: WORKDIR/results.json)")
-  p.add_argument("--no_append", action="store_true", help="do not append the table to benchmarks/RESULTS.md")
-  args = p.parse_args(argv)
-  if args.quick:
-    args.batch_sizes, args.dtypes, args.repeats, args.warmup, args.image_size = "1", "float32", 1, 0, 32
-    args.conv_impl = "grouped"  # compiles faster; speed is not the point of --quick
-    # Batch 1 like the step suite's quick row, so a `--suite=step,train --quick` run reuses that row.
-    args.train_batch_size, args.train_steps, args.train_log_every, args.train_conv_impl = 1, 6, 2, "grouped"
-    args.train_device_cache = False  # CI time; the trainer's tests cover the device cache
-  os.makedirs(args.workdir, exist_ok=True)
-  command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
-  results = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-             "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
-             "versions": _versions(), "quick": args.quick}
-  suites = ["step", "pipeline", "accuracy", "train"] if args.suite == "all" else args.suite.split(",")
-  unknown = set(suites) - {"step", "pipeline", "accuracy", "train"}
-  if unknown:
-    p.error(f"unknown suite(s) {sorted(unknown)}: expected step, pipeline, accuracy, train, all or a comma list")
+def render(results: dict) -> str:
+  """The markdown of one run's results (what `benchmarks.report` puts in RESULTS.md)."""
   sections = []
-  for suite in suites:
-    run_suite = {"step": step_suite, "pipeline": pipeline_suite, "accuracy": accuracy_suite,
-                 "train": lambda a: train_suite(a, results)}[suite]
-    try:
-      results[suite] = run_suite(args)
-    except processes.WorkerFailed as failure:  # one suite's dead worker does not lose the others' results
-      results[suite] = dict(failure.as_dict(), markdown=f"{suite} suite failed: {failure.message}")
-      print(f"{suite} suite failed: {failure.message}", file=sys.stderr, flush=True)
-    if suite == "step":
+  for suite in SUITES:
+    if suite not in results:
+      continue
+    if suite == "step" and isinstance(results["step"], list):
       sections.append(STEP_HEADER + "\n" + "\n".join(_step_row_md(r) for r in results["step"]))
     elif isinstance(results[suite], dict) and "markdown" in results[suite]:
       sections.append(results[suite]["markdown"])
-  if "step" in results and "pipeline_clips_per_s" in results.get("pipeline", {}):
+  if isinstance(results.get("step"), list) and "pipeline_clips_per_s" in results.get("pipeline", {}):
     sections.append(_input_bound_md(results))
-  out = Path(args.out or Path(args.workdir) / "results.json")
-  out.write_text(json.dumps(results, indent=1))
-  text = (f"\n### {results['date']}: `{command}`\n\nMachine: {results['machine']}; versions: {results['versions']}\n\n"
-          + "\n\n".join(sections) + "\n")
-  print(text)
-  if not args.no_append and not args.quick:
-    with open(RESULTS_MD, "a") as f:
-      f.write(text)
-  return results
+  return "\n\n".join(sections)
+
+
+def define_flags():
+  """The trainer's `--config` plus what to run and how often (defined only when run as a program)."""
+  from absl import flags
+  records.define_config_flag()
+  flags.DEFINE_list("suite", ["step"], "step, pipeline, accuracy, train, all, or a comma list.")
+  flags.DEFINE_list("probes", [], "Step suite: the batch sizes to time (default: the config's batch_size).")
+  flags.DEFINE_bool("find_largest", False, "Step suite: also the largest batch that runs (doubling from 32).")
+  flags.DEFINE_list("frameworks", ["jax", "torch"], "Step suite: jax, torch or both.")
+  flags.DEFINE_integer("repeats", 5, "Step suite: timed steps (and eval forwards) per batch size.")
+  flags.DEFINE_integer("warmup", 2, "Step suite: untimed steps before them.")
+  flags.DEFINE_bool("compare_device_cache", True, "Train suite: a second run with the training split cached "
+                    "on the devices (config.data.device_cache=True).")
+  flags.DEFINE_list("av_protocols", ["av_folds", "av_original", "av_paper_split"],
+                    "Accuracy suite: audio-video protocols to run when the ravdess tfds dataset is built.")
+  flags.DEFINE_string("workdir", None, "Scratch folder for the runs (default: a new temporary folder).")
+  flags.DEFINE_string("out", None, "JSON results file (default: benchmarks/results/run_<UTC time>.json).")
+  flags.DEFINE_bool("verbose", False, "Full error tracebacks.")
+
+
+def main(argv):
+  del argv  # the command line is sys.argv (records.stamp); absl leaves only the program name here
+  from absl import flags
+  FLAGS = flags.FLAGS
+  args = types.SimpleNamespace(**{name: FLAGS[name].value for name in (
+      "suite", "probes", "find_largest", "frameworks", "repeats", "warmup", "compare_device_cache",
+      "av_protocols", "workdir", "out")})
+  args.workdir = args.workdir or tempfile.mkdtemp(prefix="avtca_benchmarks_")
+  config = records.require_config(FLAGS.config, "--config=configs/ravdess.py:fold1 "
+                                  "--config.modality_dropout=none --config.flip_rotate=False")
+  suites = list(SUITES) if args.suite == ["all"] else args.suite
+  unknown = set(suites) - set(SUITES)
+  if unknown:
+    sys.exit(f"error: --suite: unknown suite(s) {sorted(unknown)}: expected step, pipeline, accuracy, train, all "
+             "or a comma list")
+  if "step" in suites and "torch" in args.frameworks and step_time.has_augmentation(config):
+    sys.exit("error: --frameworks includes torch, whose original step has no modality dropout or flip/rotate: "
+             "add --config.modality_dropout=none --config.flip_rotate=False, or --frameworks=jax")
+  os.makedirs(args.workdir, exist_ok=True)
+  config_args = records.config_args(sys.argv[1:])
+  results = {**records.stamp("benchmarks.run"), "config": config.to_dict()}
+  for suite in suites:
+    run_suite = {"step": lambda: step_suite(config, args), "pipeline": lambda: pipeline_suite(config, args),
+                 "accuracy": lambda: accuracy_suite(config, args, config_args),
+                 "train": lambda: train_suite(config, args, results, config_args)}[suite]
+    try:
+      results[suite] = run_suite()
+    except processes.WorkerFailed as failure:  # one suite's dead worker does not lose the others' results
+      results[suite] = dict(failure.as_dict(), markdown=f"{suite} suite failed: {failure.message}")
+      print(f"{suite} suite failed: {failure.message}", file=sys.stderr, flush=True)
+  out = records.write_json(args.out or records.default_output("run"), results)
+  print(f"\n### {results['date']}: `{results['command']}`\n\n{render(results)}\n\nwritten: {out}")
 
 
 if __name__ == "__main__":
-  main()
+  from absl import app
+  from avtca_jax import console
+  define_flags()
+  app.run(main, flags_parser=console.parse_flags)

@@ -2,10 +2,10 @@
 
     python -m benchmarks.side_by_side gpu_step_float32.json gpu_step_bfloat16.json aot_local_*.json
 
-Inputs: step-suite results (`benchmarks.run --suite=step --out=...`) and `benchmarks.aot --target=local --bare`
-reports. For each measured row: JAX and PyTorch step times and their ratio, JAX clips/s, the roofline clips/s
+Inputs: step-suite results (`benchmarks.run --suite=step --out=...`) and `benchmarks.aot --target=local`
+reports of the same config. For each measured row: JAX and PyTorch step times and their ratio, JAX clips/s, the roofline clips/s
 of the same step from the AOT report of that dtype (per-clip FLOPs and bytes, datasheet peaks), and the share
-of the roofline reached. Used by benchmarks/gpu.sh; the issue-11 goals are checked in the last columns.
+of the roofline reached (the last columns). Used by benchmarks/gpu.sh.
 """
 
 from __future__ import annotations

@@ -1,21 +1,27 @@
-"""Training-step (and inference) time of the Flax AVT-CA against the PyTorch original, side by side.
+"""Training-step (and inference) time of the trainer's step against the PyTorch original, side by side.
 
-    python -m benchmarks.step_time --batch_size=8 --dtype=float32 --repeats=7
+    python -m benchmarks.step_time --config=configs/ravdess.py:fold1 --config.modality_dropout=none \
+        --config.flip_rotate=False --config.batch_size=8 --repeats=7
+    python -m benchmarks.step_time --config=configs/ravdess.py:fold1 --config.modality_dropout=none \
+        --config.flip_rotate=False --config.batch_size=32 --config.remat=True --frameworks=jax
 
-`--image_size` other than 224 is only for quick checks of the script itself. `--remat` rematerialises
-EfficientFace's blocks (jax.checkpoint, JAX only): less memory for more compute, for batches that do not fit.
+The JAX step is the trainer's own for the config (`steps.build`: forward, backward, the configured optimizer,
+batch-norm statistics, metrics, on one device). The PyTorch step is the original's: forward + backward + its
+SGD (the config's learning rate, momentum, dampening, weight decay) with batch-norm statistics updated, at the
+config's batch size, crop size, fusion and dtype (bfloat16: autocast). The original has no modality dropout
+or flip/rotate, so a comparison with PyTorch needs a config without them (`--config.modality_dropout=none
+--config.flip_rotate=False`); with either on, `--frameworks=jax` times the JAX step alone.
+
 Each framework runs in its own subprocess (so peak memory is its own) on the same synthetic inputs:
-MFCC (B, 156, 10) / (B, 10, 156) and frames (B, 15, 224, 224, 3) / (B*15, 3, 224, 224), float32 in [0, 1].
-A training step is forward + backward + optimizer update (the original recipe: SGD momentum 0.9,
-dampening 0.9, weight decay 1e-3) with batch-norm statistics updated. Reported: compile time (JAX, first
-call minus a steady-state step), median and spread of `repeats` timed steps after `warmup` steps, eval
-forward time, XLA's FLOP count for the step, and peak resident memory (CPU) or peak device memory (GPU).
-Needs jax, flax, optax, numpy and torch only (no TensorFlow), so it runs on a bare accelerator machine.
+MFCC (B, 156, 10) / (B, 10, 156) and frames (B, 15, S, S, 3) uint8 / (B*15, 3, S, S) float32. Reported:
+compile time (JAX), median and spread of `--repeats` timed steps after `--warmup` steps, eval forward time,
+XLA's FLOP count for the step, and peak resident memory (CPU) or peak device memory (GPU). Needs jax, flax,
+optax, numpy, ml_collections and torch only (no TensorFlow), so it runs on a bare accelerator machine.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -24,7 +30,17 @@ import statistics
 import sys
 import time
 
-from benchmarks import processes
+from benchmarks import processes, records
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+  """How a step is timed (everything about the step itself is the trainer's config)."""
+  repeats: int = 7
+  warmup: int = 2
+  eval_repeats: int = 5
+  threads: int = 0  # torch intra-op threads (0: torch's default)
+
 
 def _summary(times):
   return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "times_s": times}
@@ -34,42 +50,36 @@ def _peak_rss_mb():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def trainer_config(batch_size, dtype, fusion, conv_impl, image_size=224, remat=False):
-  """The trainer's config for a bare step comparable to the PyTorch original's: configs/ravdess.py:fold1
-  (SGD as the original) without modality dropout or flip/rotate, one device."""
-  from avtca_jax import train
-  config = train.default_config("fold1")
-  config.batch_size = config.eval_batch_size = batch_size
-  config.dtype, config.fusion, config.conv_impl = dtype, fusion, conv_impl
-  config.image_size, config.remat = image_size, remat
-  config.modality_dropout, config.flip_rotate = "none", False
-  return config
+def has_augmentation(config) -> bool:
+  """True when the trainer's step does work the PyTorch original's step does not (modality dropout,
+  flip/rotate): the two step times are then not comparable."""
+  return config.modality_dropout != "none" or bool(config.flip_rotate)
 
 
-def run_jax(batch_size, dtype, fusion, repeats, warmup, conv_impl, eval_repeats, image_size=224, remat=False):
-  """Times the trainer's own train step (`steps_lib.make_train_step`: forward, backward, the original's SGD,
-  batch-norm statistics, metrics) and eval step on one device, on device-resident synthetic inputs."""
+def run_jax(config, timing: Timing):
+  """Times the trainer's own train step and predict step (`steps.build`) for `config` on one device, on
+  device-resident synthetic inputs."""
   import jax
   import numpy as np
   import optax
 
   from avtca_jax import compilation_cache, evaluate as evaluate_lib, steps as steps_lib
 
-  cache_dir = compilation_cache.enable()  # $AVTCA_COMPILATION_CACHE=none measures cold compiles
-  config = trainer_config(batch_size, dtype, fusion, conv_impl, image_size, remat)
+  cache_dir = compilation_cache.enable(config.compilation_cache_dir)  # 'none' measures cold compiles
+  batch_size, image_size = config.batch_size, config.image_size
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  platform = steps_lib.mesh_platform(mesh)
-  model = steps_lib.create_model(config, platform)
-  tx = steps_lib.create_optimizer(config, steps_lib.create_learning_rate_fn(config, 100))
-  state = steps_lib.create_train_state(config, model, tx, mesh)
+  steps = steps_lib.build(config, mesh)
+  state = steps.initial_state()
   rng = np.random.default_rng(0)
   batch = steps_lib.to_devices({"mfcc": rng.normal(-20, 60, (batch_size, 156, 10)).astype(np.float32),
-                            "frames": rng.integers(0, 256, (batch_size, 15, image_size, image_size, 3), np.uint8),
-                            "label": rng.integers(0, 8, batch_size).astype(np.int32),
-                            "mask": np.ones(batch_size, bool)}, mesh)
-  step = steps_lib.make_train_step(config, model, tx, mesh)
+                                "frames": rng.integers(0, 256, (batch_size, config.num_frames, image_size,
+                                                                image_size, 3), np.uint8),
+                                "label": rng.integers(0, 8, batch_size).astype(np.int32),
+                                "mask": np.ones(batch_size, bool)}, mesh)
+  if config.model == "audio":
+    batch.pop("frames")
   no_stop = jax.device_put(np.zeros(1, np.int32), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
-  lowered = step.lower(state, batch, no_stop)
+  lowered = steps.train_step.lower(state, batch, no_stop)
   start = time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
@@ -80,30 +90,29 @@ def run_jax(batch_size, dtype, fusion, repeats, warmup, conv_impl, eval_repeats,
   flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
   bytes_accessed = float(cost.get("bytes accessed", float("nan"))) if cost else float("nan")
 
-  for _ in range(warmup):
+  for _ in range(timing.warmup):
     state, step_metrics = compiled(state, batch, no_stop)
   jax.block_until_ready(state)
   times = []
-  for _ in range(repeats):
+  for _ in range(timing.repeats):
     start = time.perf_counter()
     state, step_metrics = compiled(state, batch, no_stop)
     jax.block_until_ready(step_metrics)
     times.append(time.perf_counter() - start)
   loss = step_metrics["loss_sum"] / step_metrics["count"]
 
-  predict = steps_lib.make_predict_step(config, model, mesh)
   weights = jax.device_put(evaluate_lib.removal_weights(None), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  jax.block_until_ready(predict(state, batch, weights))
+  jax.block_until_ready(steps.predict_step(state, batch, weights))
   eval_times = []
-  for _ in range(eval_repeats):
+  for _ in range(timing.eval_repeats):
     start = time.perf_counter()
-    jax.block_until_ready(predict(state, batch, weights))
+    jax.block_until_ready(steps.predict_step(state, batch, weights))
     eval_times.append(time.perf_counter() - start)
 
   device = jax.devices()[0]
   stats = device.memory_stats() if device.platform != "cpu" else None
   from benchmarks import hardware
-  peaks = hardware.device_peaks(dtype)
+  peaks = hardware.device_peaks(config.dtype)
   step_median = statistics.median(times)
   bound = hardware.roofline(flops, bytes_accessed, peaks)
   return {
@@ -121,35 +130,42 @@ def run_jax(batch_size, dtype, fusion, repeats, warmup, conv_impl, eval_repeats,
       "roofline": bound,
       "step_over_roofline": step_median / bound["roofline_s"],
       "clips_per_s": batch_size / step_median,
-      "images_per_s": 15 * batch_size / step_median,
+      "images_per_s": config.num_frames * batch_size / step_median,
       "final_loss": float(loss),
       "peak_rss_mb": _peak_rss_mb(),
       "peak_device_mb": (stats or {}).get("peak_bytes_in_use", 0) / 2**20 if stats else None,
-      "conv_impl": steps_lib.layers.resolve_conv_impl(conv_impl, platform),
-      "remat": remat,
+      "conv_impl": steps_lib.layers.resolve_conv_impl(config.conv_impl, steps_lib.mesh_platform(mesh)),
+      "remat": config.remat,
       "matmul_precision": config.matmul_precision,
-      "compilation_cache": cache_dir,
+      "compilation_cache": "on" if cache_dir else "off",
       "xla_temp_mb": temp_mb,
   }
 
 
-def run_torch(batch_size, dtype, fusion, repeats, warmup, threads, eval_repeats, image_size=224):
+def run_torch(config, timing: Timing):
+  """The PyTorch original's training step and eval forward at the config's batch, crop size, fusion, dtype
+  and SGD settings."""
   import numpy as np
   import torch
 
   from avtca_jax.reference.torch_avtca import MultiModalCNN
 
-  if threads:
-    torch.set_num_threads(threads)
+  if has_augmentation(config):
+    raise ValueError("the PyTorch original's step has no modality dropout or flip/rotate: compare with "
+                     "--config.modality_dropout=none --config.flip_rotate=False (or --frameworks=jax)")
+  batch_size, dtype, image_size = config.batch_size, config.dtype, config.image_size
+  repeats, warmup, eval_repeats = timing.repeats, timing.warmup, timing.eval_repeats
+  if timing.threads:
+    torch.set_num_threads(timing.threads)
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
   torch.manual_seed(0)
-  model = MultiModalCNN(fusion=fusion).to(device)
-  sgd = trainer_config(batch_size, dtype, fusion, "auto", image_size)  # the same optimizer settings as JAX's
-  optimizer = torch.optim.SGD(model.parameters(), lr=sgd.learning_rate, momentum=sgd.momentum,
-                              dampening=sgd.dampening, weight_decay=sgd.weight_decay)
+  model = MultiModalCNN(fusion=config.fusion).to(device)
+  optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=config.momentum,
+                              dampening=config.dampening, weight_decay=config.weight_decay)
   rng = np.random.default_rng(0)
   x_audio = torch.from_numpy(rng.normal(-20, 60, (batch_size, 10, 156)).astype(np.float32)).to(device)
-  x_visual = torch.from_numpy(rng.uniform(0, 1, (batch_size * 15, 3, image_size, image_size)).astype(np.float32)).to(device)
+  frames = batch_size * config.num_frames
+  x_visual = torch.from_numpy(rng.uniform(0, 1, (frames, 3, image_size, image_size)).astype(np.float32)).to(device)
   labels = torch.from_numpy(rng.integers(0, 8, batch_size)).to(device)
   autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
   sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -190,23 +206,20 @@ def run_torch(batch_size, dtype, fusion, repeats, warmup, threads, eval_repeats,
       "step": _summary(times),
       "eval_forward": _summary(eval_times),
       "clips_per_s": batch_size / statistics.median(times),
-      "images_per_s": 15 * batch_size / statistics.median(times),
+      "images_per_s": config.num_frames * batch_size / statistics.median(times),
       "final_loss": float(loss),
       "peak_rss_mb": _peak_rss_mb(),
       "peak_device_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
   }
 
 
-def measure(framework, args):
+def measure(framework, config, timing: Timing = Timing()):
   """Runs one framework in a fresh subprocess and returns its result dict. Raises
   processes.WorkerFailed (a CalledProcessError) saying how the worker ended, e.g. killed for memory."""
-  cmd = [sys.executable, "-m", "benchmarks.step_time", "--worker", framework]
-  for key in ("batch_size", "dtype", "fusion", "repeats", "warmup", "conv_impl", "threads", "eval_repeats",
-              "image_size"):
-    cmd += [f"--{key}", str(getattr(args, key))]
-  if args.remat:
-    cmd.append("--remat")
-  out = processes.run(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  cmd = [sys.executable, "-m", "benchmarks.step_time", f"--worker={framework}",
+         f"--worker_config={config.to_json()}", f"--repeats={timing.repeats}", f"--warmup={timing.warmup}",
+         f"--eval_repeats={timing.eval_repeats}", f"--threads={timing.threads}"]
+  out = processes.run(cmd, cwd=str(records.REPO))
   result = json.loads(out.stdout.strip().splitlines()[-1])
   result["worker_wall_s"] = out.wall_s
   return result
@@ -239,48 +252,49 @@ def markdown(results):
   return "\n".join(lines)
 
 
-def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--batch_size", type=int, default=8)
-  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-  p.add_argument("--fusion", default="it", choices=["it", "ia", "lt"])
-  p.add_argument("--image_size", type=int, default=224, help="face-crop size (224 is the real model)")
-  p.add_argument("--repeats", type=int, default=7)
-  p.add_argument("--warmup", type=int, default=2)
-  p.add_argument("--eval_repeats", type=int, default=5)
-  p.add_argument("--conv_impl", default="auto", choices=["auto", "slices", "grouped"])
-  p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-  p.add_argument("--remat", action="store_true", help="JAX: rematerialise EfficientFace's blocks (less memory)")
-  p.add_argument("--frameworks", default="jax,torch")
-  p.add_argument("--json", default="", help="write the results here")
-  p.add_argument("--worker", default="", help=argparse.SUPPRESS)
-  return p.parse_args(argv)
+def define_flags():
+  """The trainer's `--config` plus how to time (defined only when run as a program)."""
+  from absl import flags
+  records.define_config_flag()
+  flags.DEFINE_integer("repeats", 7, "Timed training steps.")
+  flags.DEFINE_integer("warmup", 2, "Untimed steps before them.")
+  flags.DEFINE_integer("eval_repeats", 5, "Timed eval forward passes.")
+  flags.DEFINE_integer("threads", 0, "torch intra-op threads (0: torch's default).")
+  flags.DEFINE_list("frameworks", ["jax", "torch"], "jax, torch or both.")
+  flags.DEFINE_string("json", "", "Write the results here (with date, machine, versions and command).")
+  flags.DEFINE_string("worker", "", "(internal) time one framework in this process.")
+  flags.DEFINE_string("worker_config", "", "(internal) the config of a worker, as JSON.")
 
 
-def main(argv=None):
-  args = parse_args(argv)
-  if args.worker == "jax":
-    print(json.dumps(run_jax(args.batch_size, args.dtype, args.fusion, args.repeats, args.warmup, args.conv_impl,
-                             args.eval_repeats, args.image_size, args.remat)))
+def main(argv):
+  del argv  # the command line is sys.argv (records.stamp); absl leaves only the program name here
+  from absl import flags
+  FLAGS = flags.FLAGS
+  timing = Timing(FLAGS.repeats, FLAGS.warmup, FLAGS.eval_repeats, FLAGS.threads)
+  if FLAGS.worker:
+    config = records.config_from_json(FLAGS.worker_config)
+    print(json.dumps({"jax": run_jax, "torch": run_torch}[FLAGS.worker](config, timing)))
     return
-  if args.worker == "torch":
-    print(json.dumps(run_torch(args.batch_size, args.dtype, args.fusion, args.repeats, args.warmup, args.threads,
-                               args.eval_repeats, args.image_size)))
-    return
-  results = {"config": vars(args), "command": " ".join(["python -m benchmarks.step_time"] + (argv or sys.argv[1:])),
-             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu_count": os.cpu_count(),
-             "python": platform.python_version()}
-  for framework in args.frameworks.split(","):
+  config = records.require_config(FLAGS.config, "--config=configs/ravdess.py:fold1 "
+                                  "--config.modality_dropout=none --config.flip_rotate=False")
+  if "torch" in FLAGS.frameworks and has_augmentation(config):
+    sys.exit("error: --frameworks includes torch, whose original step has no modality dropout or flip/rotate: "
+             "add --config.modality_dropout=none --config.flip_rotate=False, or time --frameworks=jax alone")
+  results = {**records.stamp("benchmarks.step_time"), "timing": dataclasses.asdict(timing),
+             "config": config.to_dict()}
+  for framework in FLAGS.frameworks:
     try:
-      results[framework] = measure(framework, args)
+      results[framework] = measure(framework, config, timing)
     except processes.WorkerFailed as failure:
       results[framework] = failure.as_dict()
       print(f"{framework}: {failure.message}", file=sys.stderr)
   print(markdown(results))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(results, f, indent=1)
+  if FLAGS.json:
+    records.write_json(FLAGS.json, results)
 
 
 if __name__ == "__main__":
-  main()
+  from absl import app
+  from avtca_jax import console
+  define_flags()
+  app.run(main, flags_parser=console.parse_flags)

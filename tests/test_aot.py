@@ -65,11 +65,18 @@ def test_train_step_compiles_for_a_multi_host_tpu_slice(tmp_path):
   """The trainer's own train step, 32 px crops, 2 clips per chip, for v5e 4x4 (16 chips on 4 hosts)."""
   _require_libtpu()
   out = tmp_path / "v5e-16.json"
-  cmd = [sys.executable, "-m", "benchmarks.aot", "--target=v5e-16", "--image_size=32", "--batch_per_device=2",
-         "--dtype=bfloat16", f"--out={out}", "--compilation_cache=none"]
+  # The trainer's config and overrides, as `python -m avtca_jax.train` takes them: a global batch of 32 is
+  # 2 clips on each of the 16 chips.
+  cmd = [sys.executable, "-m", "benchmarks.aot", "--target=v5e-16", "--config=configs/ravdess.py:fold1",
+         "--config.image_size=32", "--config.batch_size=32", "--config.dtype=bfloat16",
+         "--config.compilation_cache_dir=none", f"--out={out}"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads(out.read_text())
+  # The report says when, where, with what and how it was made, and which config it compiled.
+  assert {"date", "machine", "versions", "command"} <= set(report) and report["versions"]["jax"]
+  assert report["command"].startswith("python -m benchmarks.aot --target=v5e-16 --config=configs/ravdess.py:fold1")
+  assert report["config"]["batch_size"] == 32 and report["config"]["image_size"] == 32 and report["variant"] == "fold1"
   step = report["at_batch"]
   # The data axis spans every chip of every host: one SPMD program partitioned 16 ways, gradients all-reduced.
   assert report["devices"] == 16 and report["hosts"] == 4
@@ -104,8 +111,33 @@ def test_side_by_side_table_for_the_gpu_script(tmp_path):
   assert row == "| float32 | 32 | 0.1000 | 0.4000 | 4.00x | 320.0 | 800 | 40% | 96 |"
 
 
-def test_gpu_script_is_valid_bash():
-  assert subprocess.run(["bash", "-n", os.path.join(REPO, "benchmarks", "gpu.sh")]).returncode == 0
+def test_gpu_and_tpu_scripts_are_valid_bash():
+  for script in ("gpu.sh", "tpu.sh"):
+    assert subprocess.run(["bash", "-n", os.path.join(REPO, "benchmarks", script)]).returncode == 0
+
+
+def test_aot_takes_the_trainers_config_and_refuses_a_batch_the_target_cannot_split():
+  """`--config` and `--config.x=y` as the trainer takes them; the batch is global, so it must split evenly
+  over the target's devices (a one-line error before anything compiles); a config is required."""
+  def aot(*args):
+    return subprocess.run([sys.executable, "-m", "benchmarks.aot", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+  proc = aot("--target=v5e-16", "--config=configs/ravdess.py:fold1", "--config.batch_size=8")
+  assert proc.returncode == 1
+  assert proc.stderr.strip() == ("error: --config.batch_size=8 is not a multiple of v5e-16's 16 devices (the batch "
+                                 "is global: devices x clips per device)")
+  assert "--config is required" in aot("--target=v5e-16").stderr
+  assert "unknown config key 'no_such_key'" in aot("--target=v5e-16", "--config=configs/ravdess.py:fold1",
+                                                   "--config.no_such_key=1").stderr
+
+
+def test_config_for_batch_spreads_the_batch_over_the_devices():
+  from avtca_jax import train
+  config = train.default_config("fold1")
+  config.lock()
+  probe = aot.config_for_batch(config, 24, 8)
+  assert probe.batch_size == 192 and config.batch_size == 8  # a copy: the parsed config stays as given
+  assert probe.image_size == config.image_size and probe.variant == "fold1"
 
 
 def test_batch_search_brackets_the_largest_and_keeps_each_probe_cost(monkeypatch):

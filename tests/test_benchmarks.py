@@ -1,7 +1,8 @@
-"""The benchmark suite's machinery in its reduced (CI) mode: fields present and sane, not speed; and how a
-dead worker is reported."""
+"""The benchmark suite's machinery in a tiny configuration (CI): fields present and sane, not speed; how a
+dead worker is reported; and benchmarks/RESULTS.md regenerated from the JSON results."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,12 +19,23 @@ TRAIN_FIELDS = {"command", "variant", "batch_size", "image_size", "dtype", "rema
                 "loop", "first_step_s", "compile_s", "wall_s", "peak_rss_mb", "step_only", "input_overhead", "markdown"}
 
 
-def test_step_and_train_suites_quick_write_every_field(tmp_path):
+# The trainer's embedded default (32 px, no modality dropout) at batch 1, bare step, six in-memory steps.
+TINY = ["--config=configs/ravdess.py", "--config.batch_size=1", "--config.conv_impl=grouped",
+        "--config.flip_rotate=False", "--config.num_train_steps=6", "--config.log_every_steps=2",
+        "--config.data.source=synthetic", "--repeats=1", "--warmup=0", "--nocompare_device_cache"]
+
+
+def test_step_and_train_suites_tiny_write_every_field(tmp_path):
   out = tmp_path / "results.json"
-  subprocess.run([sys.executable, "-m", "benchmarks.run", "--suite=step,train", "--quick", "--no_append",
-                  f"--workdir={tmp_path}", f"--out={out}"], check=True, cwd=REPO, timeout=900)
+  results_md = (REPO / "benchmarks" / "RESULTS.md").read_text()
+  subprocess.run([sys.executable, "-m", "benchmarks.run", "--suite=step,train", *TINY, f"--workdir={tmp_path}",
+                  f"--out={out}"], check=True, cwd=REPO, timeout=900)
+  assert (REPO / "benchmarks" / "RESULTS.md").read_text() == results_md  # JSON only: RESULTS.md is generated
   results = json.loads(out.read_text())
-  assert {"command", "date", "machine", "versions", "step", "train"} <= set(results)
+  assert {"command", "date", "machine", "versions", "config", "step", "train"} <= set(results)
+  assert results["command"].startswith("python -m benchmarks.run --suite=step,train --config=configs/ravdess.py")
+  assert results["config"]["batch_size"] == 1 and results["versions"]["jax"]
+  assert "--workdir=DIR --out=FILE" in results["command"]  # this machine's paths are not recorded
   (row,) = results["step"]
   assert row["batch_size"] == 1 and row["dtype"] == "float32"
   assert STEP_FIELDS <= set(row["jax"]), STEP_FIELDS - set(row["jax"])
@@ -44,6 +56,26 @@ def test_step_and_train_suites_quick_write_every_field(tmp_path):
   assert train["step_only"]["clips_per_s"] == row["jax"]["clips_per_s"]
   assert train["input_overhead"] < 1 and train["peak_rss_mb"] > 100
   assert "loop clips/s" in train["markdown"]
+  # The trainer ran the benchmark's own config: the same arguments, no copies of its fields.
+  assert train["command"].startswith("python -m avtca_jax.train --config=configs/ravdess.py --config.batch_size=1")
+  assert "--workdir=DIR" in train["command"]
+
+
+def test_run_refuses_a_pytorch_comparison_with_augmentation(tmp_path):
+  """The PyTorch original's step has no modality dropout or flip/rotate: comparing it with a step that has
+  them is a one-line error naming the overrides, before anything runs."""
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--suite=step", "--config=configs/ravdess.py",
+                         f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1 and "--config.flip_rotate=False" in proc.stderr.strip().splitlines()[-1]
+  assert not list(tmp_path.iterdir())
+
+
+def test_config_args_hand_the_same_config_to_the_trainer():
+  from benchmarks import records
+  argv = ["--suite=train", "--config.batch_size=4", "--config", "configs/ravdess.py:fold2", "--repeats=1",
+          "--config.data.source", "synthetic"]
+  assert records.config_args(argv) == ["--config=configs/ravdess.py:fold2", "--config.batch_size=4",
+                                       "--config.data.source=synthetic"]
 
 
 def test_killed_worker_says_how_it_ended():
@@ -92,10 +124,9 @@ def test_audio_step_benchmark_vmapped_members():
 def test_accuracy_suite_av_protocols_say_how_to_run_them(tmp_path):
   """Without the ravdess tfds dataset an AV protocol is a 'not run' row naming the dataset, the build command
   and the command that would produce its number; a finished protocol shows its test accuracy."""
-  import argparse
   from benchmarks import run
-  args = argparse.Namespace(workdir=str(tmp_path), data_dir=str(tmp_path / "tfds"), init_checkpoint="")
-  rows = [run._av_protocol(args, *p) for p in run.AV_PROTOCOLS]
+  data_dir = str(tmp_path / "tfds")
+  rows = [run._av_protocol(str(tmp_path), data_dir, *p) for p in run.AV_PROTOCOLS]
   assert [r["status"] for r in rows] == ["not run"] * 3
   assert "ravdess/av " in rows[0]["reason"] and "python -m data.ravdess.build" in rows[0]["reason"]
   assert "ravdess/av_with_video_only" in rows[1]["reason"]
@@ -103,7 +134,7 @@ def test_accuracy_suite_av_protocols_say_how_to_run_them(tmp_path):
   assert "--config.data.data_dir=" in rows[2]["command"]
   (tmp_path / "tfds" / "ravdess" / "av" / "1.0.0").mkdir(parents=True)
   (tmp_path / "tfds" / "ravdess" / "av" / "1.0.0" / "dataset_info.json").write_text("{}")
-  assert run._tfds_dataset_dir(args.data_dir, "av") == tmp_path / "tfds" / "ravdess" / "av" / "1.0.0"
+  assert run._tfds_dataset_dir(data_dir, "av") == tmp_path / "tfds" / "ravdess" / "av" / "1.0.0"
   done = dict(rows[0], status="done", test={"accuracy": 0.8, "uar": 0.79, "macro_f1": 0.78, "accuracy_std": 0.05})
   md = run._accuracy_md("| fold | ... |", "audio", [done, rows[1]])
   assert "| av_folds | done | 80.0% ± 5.0 |" in md and "| av_original | not run | not run: tfds dataset" in md
@@ -111,7 +142,7 @@ def test_accuracy_suite_av_protocols_say_how_to_run_them(tmp_path):
 
 # ---- benchmarks.audio_fold: the original's audio-only training loop vs ours, whole folds -----------------
 
-AUDIO_DIR = REPO.parent / "shared" / "data" / "ravdess" / "audio_speech_22k"
+AUDIO_DIR = Path(os.environ.get("AVTCA_RAVDESS_DIR", "")) / "audio_speech_22k"  # tests/conftest.py sets it
 
 
 def test_original_learning_rate_is_adjust_learning_rate():
@@ -178,3 +209,66 @@ def test_audio_fold_compare_merges_result_files(tmp_path, capsys):
   audio_fold.main([f"--json={paths[0]},{paths[1]}", f"--compare=fast={workdir}", "--fold_set=all24"])
   text = capsys.readouterr().out
   assert "| fold1 |" in text and "| fold2 |" in text and "| fold6 |" not in text  # fold 6: ours only
+
+
+# ---- benchmarks/RESULTS.md: generated from the JSON results ---------------------------------------------
+
+
+def test_results_md_is_what_the_report_generates_from_the_json(tmp_path):
+  """The committed RESULTS.md is exactly what `python -m benchmarks.report` writes from the JSON results, and
+  its header says so (with the command)."""
+  from benchmarks import report
+  committed = (REPO / "benchmarks" / "RESULTS.md").read_text()
+  out = tmp_path / "RESULTS.md"
+  assert report.main([f"--out={out}"]) == 0
+  assert out.read_text() == committed, "benchmarks/RESULTS.md is stale: run python -m benchmarks.report"
+  assert "python -m benchmarks.report" in "\n".join(committed.splitlines()[:5])
+  assert report.main(["--check", f"--out={out}"]) == 0
+  out.write_text(committed + "a hand edit\n")
+  assert report.main(["--check", f"--out={out}"]) == 1
+
+
+def test_every_result_carries_its_date_machine_versions_and_command():
+  from benchmarks import report
+  results = list((REPO / "benchmarks" / "results").rglob("*.json")) + list(
+      (REPO / "benchmarks" / "aot_results").rglob("*.json"))
+  assert len(results) > 40
+  for path in results:
+    result = json.loads(path.read_text())
+    if not result.get("figures", True):  # a recorded section of text only (the introduction)
+      continue
+    for key in ("date", "machine", "versions", "command"):
+      assert result.get(key), f"{path.name}: no {key}"
+    assert "*Date:* " + result["date"] in report.provenance(result)
+
+
+def test_report_renders_a_new_run_with_its_provenance(tmp_path):
+  """A run's JSON in benchmarks/results/ becomes a dated section after the recorded ones, with its table."""
+  from benchmarks import report
+  results, aot_dir = tmp_path / "results", tmp_path / "aot"
+  (results / "recorded").mkdir(parents=True)
+  aot_dir.mkdir()
+  (results / "recorded" / "010-a.json").write_text(json.dumps(
+      {"order": 10, "heading": "## 1. A section", "date": "2026-11-27", "machine": "m", "versions": "v",
+       "command": "python -m x", "blocks": [{"text": "Some text."},
+                                           {"table": {"header": ["a", "b"], "rows": [["1", ""]]}}]}))
+  step_row = {"batch_size": 8, "dtype": "float32", "jax": {"error": "killed"}, "torch": {"error": "killed"}}
+  (results / "run_1.json").write_text(json.dumps(
+      {"date": "2026-12-05 10:00 UTC", "machine": {"platform": "Linux", "cpus": 2}, "versions": {"jax": "0.10.2"},
+       "command": "python -m benchmarks.run --suite=step --config=configs/ravdess.py", "step": [step_row]}))
+  text = report.generate(results, aot_dir)
+  assert text.startswith(report.HEADER)
+  assert "## 1. A section\n\n*Date:* 2026-11-27. *Machine:* m. *Versions:* v. *Command:* `python -m x`." in text
+  assert "| a | b |\n| --- | --- |\n| 1 | |" in text
+  assert text.index("## 1. A section") < text.index("### 2026-12-05 10:00 UTC: run_1.json")
+  assert ("*Date:* 2026-12-05 10:00 UTC. *Machine:* Linux, 2 CPUs. *Versions:* jax 0.10.2. *Command:* "
+          "`python -m benchmarks.run --suite=step --config=configs/ravdess.py`.") in text
+  assert "| 8 | float32 | - | failed: killed | failed: killed |" in text
+
+
+def test_no_development_machine_path_in_the_benchmarks():
+  for path in (REPO / "benchmarks").rglob("*"):
+    if path.is_file() and path.suffix in (".py", ".sh", ".md", ".json") and "__pycache__" not in path.parts:
+      text = path.read_text()
+      for fragment in ("/work/", "/tmp/", "../shared", "/home/", "/root/"):
+        assert fragment not in text, f"{path.relative_to(REPO)}: {fragment}"
