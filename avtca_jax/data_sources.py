@@ -19,6 +19,8 @@ from typing import Dict, Iterator
 import numpy as np
 
 from avtca_jax.preprocessing.audio import MFCC_SHAPE
+from avtca_jax.preprocessing.config import NUM_FRAMES
+from avtca_jax.preprocessing.names import EMOTIONS
 from avtca_jax.tfds_source import DataError, TfdsSource
 
 SPLITS = ("train", "validation", "test")
@@ -140,8 +142,8 @@ class DeviceCache:
       yield self._gather(self.arrays, index)
 
 
-def synthetic_arrays(num_examples: int, image_size: int, num_frames: int = 15, num_classes: int = 8,
-                     seed: int = 0) -> Dict[str, np.ndarray]:
+def synthetic_arrays(num_examples: int, image_size: int, num_frames: int = NUM_FRAMES,
+                     num_classes: int = len(EMOTIONS), seed: int = 0) -> Dict[str, np.ndarray]:
   """A learnable dataset: each class has its own frame colour pattern and MFCC band, plus noise.
 
   The classes are separable by either modality alone, so modality dropout still leaves a signal.

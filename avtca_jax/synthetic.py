@@ -21,10 +21,10 @@ from typing import Dict
 import numpy as np
 
 from avtca_jax.preprocessing.audio import CLIP_SECONDS, SAMPLE_RATE
+from avtca_jax.preprocessing.config import NUM_FRAMES
 from avtca_jax.preprocessing.names import EMOTIONS
 
 NUM_CLASSES = len(EMOTIONS)
-NUM_FRAMES = 15
 
 # Per class: RGB tint added to the face, eyebrow slant, mouth half-width, mouth cycles per clip, amplitude.
 _TINT = np.array([[0, 0, 0], [0, 20, 40], [50, 40, -20], [-30, -20, 40],

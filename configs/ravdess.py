@@ -12,6 +12,7 @@ import os
 
 import ml_collections
 
+from avtca_jax.preprocessing.config import NUM_FRAMES
 from avtca_jax.preprocessing.names import EMOTIONS
 
 # The folder that holds the RAVDESS speech audio as audio_speech_22k/Actor_XX/*.flac. Read when the config
@@ -67,7 +68,7 @@ def _default(config):
   config.fusion = "it"
   config.num_heads = 8
   config.num_classes = len(EMOTIONS)
-  config.num_frames = 15
+  config.num_frames = NUM_FRAMES
   config.image_size = 32  # model input; stored crops are resized down on the device (generated: 64 px)
   config.dtype = "float32"  # compute dtype; 'bfloat16' for mixed precision (params stay float32)
   config.conv_impl = "auto"  # depthwise convs: 'slices' on CPU, 'grouped' elsewhere

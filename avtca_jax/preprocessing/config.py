@@ -7,6 +7,8 @@ import json
 
 from avtca_jax.preprocessing.audio import CLIP_SECONDS, SAMPLE_RATE
 
+NUM_FRAMES = 15  # face crops per clip, spread over the audio window (the original's)
+
 
 @dataclasses.dataclass(frozen=True)
 class PreprocessConfig:
@@ -14,7 +16,7 @@ class PreprocessConfig:
   sample_rate: int = SAMPLE_RATE
   clip_seconds: float = CLIP_SECONDS  # the window shared by audio and frames
   # Frames.
-  num_frames: int = 15
+  num_frames: int = NUM_FRAMES
   crop_size: int = 224
   # Extra context around the detected box, as a fraction of the box's width/height added on each side.
   # 0.0 is the original (MTCNN's tight box, no margin), which its checkpoints were trained on.

@@ -31,9 +31,9 @@ import tensorflow_datasets as tfds
 
 from avtca_jax import splits as splits_lib
 from avtca_jax.preprocessing.audio import MFCC_SHAPE
+from avtca_jax.preprocessing.config import NUM_FRAMES
 from avtca_jax.preprocessing.names import EMOTIONS
 
-NUM_FRAMES = 15
 JPEG_QUALITY = 90
 FRAME_ENCODINGS = ("jpeg", "raw")
 SPLIT_PARTS = ("train", "validation", "test")
