@@ -34,10 +34,13 @@ class Case:
   argv: Callable[["Materials"], Sequence[str]]
   expected: Callable[["Materials"], Sequence[str]]  # fragments of the error line
   env: dict = dataclasses.field(default_factory=dict)  # subprocess only; None deletes the variable
+  # Run as a real process even for an argparse tool, and check that stderr holds no Python warning (in this
+  # process pytest would record the warnings, hiding them from stderr).
+  no_warnings: bool = False
 
   @property
   def in_process(self) -> bool:
-    return self.tool.split(".")[-1] in ("predict", "convert", "preprocess", "export")
+    return not self.no_warnings and self.tool.split(".")[-1] in ("predict", "convert", "preprocess", "export")
 
 
 class Materials:
@@ -143,6 +146,10 @@ class Materials:
   def existing_file(self):
     return self._made("a_file.txt", lambda p: p.write_text("x"))
 
+  @property
+  def truncated_wav(self):  # a wav cut inside its header: soundfile fails, then librosa's audioread fallback
+    return self._made("cut.wav", lambda p: p.write_bytes(self.tone_wav.read_bytes()[:30]))
+
 
 def _smoke(*flags):
   return ["--config=configs/ravdess.py:smoke", "--config.data.source=synthetic", *flags]
@@ -154,6 +161,8 @@ CASES = {
                           lambda m: [str(m.truncated_mp4), "truncated"]),
     "renamed_audio_as_mp4": Case("avtca_jax.predict", lambda m: [str(m.workdir), str(m.renamed_mp4)],
                                  lambda m: [str(m.renamed_mp4), "cannot open the video", "not a video file"]),
+    "truncated_audio": Case("avtca_jax.predict", lambda m: [str(m.workdir), str(REAL_CLIP), str(m.truncated_wav)],
+                            lambda m: [str(m.truncated_wav), "could not decode the audio"], no_warnings=True),
     "zero_length_audio": Case("avtca_jax.predict", lambda m: [str(m.workdir), str(REAL_CLIP), str(m.empty_wav)],
                               lambda m: [str(m.empty_wav), "zero-length"]),
     "silent_video": Case("avtca_jax.predict", lambda m: [str(m.workdir), str(m.silent_mp4)],
@@ -198,6 +207,8 @@ CASES = {
     # export
     "export_into_a_non_empty_folder": Case("avtca_jax.export", lambda m: [str(m.workdir), "--output", str(m.root)],
                                            lambda m: [str(m.root), "not empty"]),
+    "export_output_is_a_file": Case("avtca_jax.export", lambda m: [str(m.workdir), "--output", str(m.existing_file)],
+                                    lambda m: [str(m.existing_file), "is a file", "choose a new folder"]),
     # train, evaluate, build: real processes
     "unknown_config_key": Case("avtca_jax.train", lambda m: _smoke("--config.lerning_rate=0.1",
                                                                     f"--workdir={m.root / 'w1'}"),
@@ -271,5 +282,7 @@ def test_bad_input_gives_one_line_error(name, materials, capsys):
   assert code == 1 and len(errors) == 1, (code, stderr[-3000:])
   for fragment in case.expected(materials):
     assert fragment in errors[0], (fragment, errors[0])
+  if case.no_warnings:
+    assert not [line for line in stderr.splitlines() if "Warning" in line], stderr[-3000:]
   if name in ("missing_audio_partner", "preprocess_missing_input"):
     assert not Path(case.argv(materials)[3]).exists()  # no empty output folder left behind

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,17 @@ _SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif")
 
 class AudioError(ValueError):
   """Audio that cannot be used; the message starts with the file name."""
+
+
+def _librosa_load(path: Path, **kwargs):
+  """librosa.load without the warnings of its fallback: when soundfile cannot read a file, librosa warns
+  and retries with audioread (deprecated); a failure there reaches the caller, which reports it in one line."""
+  import librosa
+  with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="PySoundFile failed", category=UserWarning)
+    warnings.filterwarnings("ignore", message=r"librosa\.core\.audio\.__audioread_load", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="audioread")
+    return librosa.load(str(path), **kwargs)
 
 
 def num_samples(seconds: float = CLIP_SECONDS, sr: int = SAMPLE_RATE) -> int:
@@ -100,7 +112,7 @@ def _decode_container(path: Path, sr: int) -> np.ndarray:
     y, native_sr = _decode_with_ffmpeg(path, sr)
   else:
     try:
-      y, native_sr = librosa.load(str(path), sr=None, mono=False)  # audioread: needs ffmpeg or GStreamer
+      y, native_sr = _librosa_load(path, sr=None, mono=False)  # audioread: needs ffmpeg or GStreamer
     except Exception as e:
       raise AudioError(f"{path}: cannot decode this container's audio here: install PyAV (pip install av) or "
                        f"ffmpeg; the pip OpenCV build has no audio support ({type(e).__name__}: {e})") from e
@@ -118,8 +130,6 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
   Stereo is averaged to mono; any input rate (48 kHz, 44.1 kHz, 22.05 kHz) is resampled with soxr_hq.
   Raises FileNotFoundError or AudioError, naming the file, for a missing, empty, silent-length or corrupt file.
   """
-  import librosa
-
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"{path}: audio file not found")
@@ -127,7 +137,7 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
     raise AudioError(f"{path}: zero-length file (0 bytes), no audio")
   if path.suffix.lower() in _SOUNDFILE_EXTENSIONS:
     try:
-      y, _ = librosa.load(str(path), sr=sr, mono=True, res_type="soxr_hq")
+      y, _ = _librosa_load(path, sr=sr, mono=True, res_type="soxr_hq")
     except Exception as e:
       raise AudioError(f"{path}: could not decode the audio ({type(e).__name__}: {e})") from e
   else:
