@@ -67,7 +67,7 @@ def test_mfcc_equals_librosa_with_the_originals_arguments():
   # librosa >= 0.9's default (zero padding) gives other edge frames: the reflect padding is pinned.
   zero_padded = librosa.feature.mfcc(y=y, sr=22050, n_mfcc=10)
   assert np.abs(features - zero_padded.T).max() > 1.0
-  # Silence gives the spec's c0 (spec 1.4).
+  # Silence gives the spec's c0 (docs/original.md#mfccs).
   np.testing.assert_allclose(audio_data.mfcc_features(np.zeros(CLIP_SAMPLES, np.float32))[:, 0], -1131.37, atol=0.05)
 
 

@@ -145,13 +145,13 @@ _DEVICE_SCRIPT = textwrap.dedent("""
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     import numpy as np, jax
     from jax.sharding import PartitionSpec as P
-    from avtca_jax import data_sources, input_pipeline, train
+    from avtca_jax import data_sources, input_pipeline, steps
     d = sys.argv[1]
     assert jax.device_count() == 2, jax.devices()
-    mesh = train.create_mesh()
+    mesh = steps.create_mesh()
     ds = input_pipeline.create_dataset(d, "fold1_test", batch_size=12, train=False)
     host = list(ds.as_numpy_iterator())
-    placed = list(train.prefetch_to_devices(iter(host), mesh, size=2))
+    placed = list(steps.prefetch_to_devices(iter(host), mesh, size=2))
     assert len(placed) == len(host) == 3
     for h, p in zip(host, placed):
       assert set(p) == set(h) - {"actor"}
