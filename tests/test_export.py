@@ -1,5 +1,5 @@
-"""`python -m avtca_jax.export`: the reloaded export gives the trained model's logits on real clips, and
-loading it needs neither flax, orbax nor TensorFlow."""
+"""`python -m avtca_jax.export`: the reloaded export gives the trained model's logits on real clips, loading
+it needs neither flax, orbax nor TensorFlow, and the packages docs/export.md names are enough to load it."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def exported(small_avtca_workdir, tmp_path_factory):
 
 def _training_stack_logits(workdir: Path, mfcc: np.ndarray, crops: np.ndarray) -> np.ndarray:
   """The trained model's logits through the training code itself: the run's config, its checkpoint, the
-  trainer's input conversion (train.model_inputs) and the Flax model."""
+  trainer's input conversion (steps.model_inputs) and the Flax model."""
   from avtca_jax import checkpoint_kinds, checkpointing, steps as steps_lib
   config = checkpoint_kinds.load_config(str(workdir))
   restored = checkpointing.restore_numpy(checkpoint_kinds.default_checkpoint(str(workdir)))
@@ -91,3 +91,73 @@ def test_audio_only_export_round_trip(tmp_path):
   import jax
   expected = np.asarray(jax.jit(loaded.forward())(mfcc))
   np.testing.assert_allclose(reloaded.logits(mfcc), expected, rtol=1e-5, atol=1e-5)
+
+
+# ---- The consumer's environment ------------------------------------------------------------------------
+
+SERVING_DOC = ROOT / "docs" / "export.md"
+
+
+def _serving_pins() -> dict:
+  """{distribution: version} from the `pip install jax==...` line of docs/export.md."""
+  line = next(line for line in SERVING_DOC.read_text().splitlines() if line.strip().startswith("pip install jax=="))
+  return dict(item.split("==") for item in line.split()[2:])
+
+
+def _serving_site(directory: Path, distributions) -> Path:
+  """A folder holding only `distributions` (links to their installed top-level folders and metadata)."""
+  from importlib import metadata
+  directory.mkdir()
+  for name in distributions:
+    dist = metadata.distribution(name)
+    for top in sorted({str(f).split("/")[0] for f in dist.files if not str(f).startswith("..")}):
+      source = Path(dist.locate_file(top))
+      if source.exists() and not (directory / top).exists():
+        (directory / top).symlink_to(source)
+  return directory
+
+
+def _run_isolated(site: Path, code: str) -> subprocess.CompletedProcess:
+  """Python without site-packages or environment variables (-I -S): the standard library plus `site`."""
+  return subprocess.run([sys.executable, "-I", "-S", "-c", f"import sys; sys.path.insert(0, {str(site)!r})\n{code}"],
+                        cwd=site, env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}, capture_output=True,
+                        text=True, timeout=600)
+
+
+LOAD_EXPORT = """
+import importlib.util, json, sys
+import jax, numpy as np
+assert all(importlib.util.find_spec(m) is None for m in ("flax", "orbax", "tensorflow", "avtca_jax", "torch"))
+exported = jax.export.deserialize(bytearray(open(sys.argv[1] if len(sys.argv) > 1 else "{model}", "rb").read()))
+inputs = np.load("{inputs}")
+np.save("{out}", np.asarray(jax.jit(exported.call)(inputs["mfcc"], inputs["frames"])))
+"""
+
+
+@pytest.mark.slow
+def test_an_export_loads_with_the_documented_packages_alone(small_avtca_workdir, exported, tmp_path):
+  """docs/export.md's `pip install` line is the serving environment: with only those distributions (the
+  installed versions must be the documented ones) an export gives the full environment's logits exactly and
+  the training code's within 1e-5; without flatbuffers `jax.export.deserialize` fails."""
+  from importlib import metadata
+  from avtca_jax import export
+  pins = _serving_pins()
+  assert {"jax", "jaxlib", "numpy", "flatbuffers"} <= set(pins)
+  assert {name: metadata.version(name) for name in pins} == pins, "docs/export.md's versions are not the installed ones"
+
+  rng = np.random.default_rng(0)
+  mfcc = (rng.normal(0.0, 25.0, (2, 156, 10)) - np.array([400.0] + [0.0] * 9)).astype(np.float32)
+  crops = rng.integers(0, 256, (2, 15, 224, 224, 3), dtype=np.uint8)
+  np.savez(tmp_path / "inputs.npz", mfcc=mfcc, frames=crops)
+  code = LOAD_EXPORT.format(model=exported / export.MODEL_FILE, inputs=tmp_path / "inputs.npz",
+                            out=tmp_path / "logits.npy")
+
+  result = _run_isolated(_serving_site(tmp_path / "site", pins), code)
+  assert result.returncode == 0, result.stderr[-3000:]
+  got = np.load(tmp_path / "logits.npy")
+  np.testing.assert_array_equal(got, export.load(str(exported)).logits(mfcc, crops))
+  expected = _training_stack_logits(small_avtca_workdir, mfcc, crops)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+  without = _run_isolated(_serving_site(tmp_path / "site_without_flatbuffers", set(pins) - {"flatbuffers"}), code)
+  assert without.returncode != 0 and "flatbuffers" in without.stderr, without.stderr[-3000:]
