@@ -18,7 +18,8 @@ from typing import List, Optional, Sequence
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "torch", "tensorflow", "libtpu")
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "ml-collections", "torch", "tensorflow", "tensorflow-cpu",
+            "tensorflow-datasets", "libtpu", "jax-cuda13-plugin")
 
 
 def versions() -> dict:
