@@ -2,9 +2,10 @@
 
     python -m benchmarks.audio_step --batch_size=8 --repeats=7 --steps=120
 
-What an audio-only run of the trainer (`configs/ravdess.py:audio_only`) spends its time on: one step is forward + backward + the original's dampened
-SGD update of `AudioClassifier` (JAX, jit) and of `AudioCNNPool` (PyTorch, the original's module, eager),
-on the same random (batch, 156, 10) MFCCs. Each repeat times `--steps` consecutive steps per framework
+What an audio-only run of the trainer (`configs/ravdess.py:audio_only`) spends its time on: one step is the
+trainer's own (`steps.build`: forward + backward + the original's dampened SGD update of `AudioClassifier`,
+batch-norm statistics, metrics; jit) against the original's `AudioCNNPool` step (PyTorch, eager, the same
+SGD settings), on the same random (batch, 156, 10) MFCCs. Each repeat times `--steps` consecutive steps per framework
 (one epoch of the 960 train clips at batch 8 is 120 steps), alternating the frameworks so that both see
 the same machine state; the medians over repeats and their ratio are reported, plus the evaluation forward
 of 240 clips (one validation pass). Writes JSON with --json.
@@ -18,68 +19,100 @@ ensemble in one program): whether several small models share a step more cheaply
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 
 import numpy as np
 
+from benchmarks import records
+
+
+def audio_config(batch_size: int):
+  """configs/ravdess.py:audio_only (the original's SGD) at `batch_size`."""
+  from avtca_jax import train
+  config = train.default_config("audio_only")
+  config.batch_size = batch_size
+  return config
+
 
 def _jax_runner(batch_size: int, steps: int, num_eval: int, members: int = 1):
+  """The trainer's audio step (`steps.build` for configs/ravdess.py:audio_only on one device); with
+  `members` > 1, K copies of its model and optimizer trained by one `jax.vmap`-ed step."""
   import jax
-  from avtca_jax import compilation_cache
-  compilation_cache.enable()  # $AVTCA_COMPILATION_CACHE=none: cold compiles
   import jax.numpy as jnp
   import optax
+  from jax.sharding import NamedSharding, PartitionSpec as P
 
-  from avtca_jax import steps as steps_lib
-  from avtca_jax.models.avtca import AudioClassifier
-  from configs import ravdess
+  from avtca_jax import compilation_cache, evaluate as evaluate_lib, steps as steps_lib
 
-  model = AudioClassifier()
+  config = audio_config(batch_size)
+  compilation_cache.enable(config.compilation_cache_dir)  # 'none' ($AVTCA_COMPILATION_CACHE): cold compiles
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  built = steps_lib.build(config, mesh, steps_per_epoch=steps)
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(steps, batch_size, 156, 10)).astype(np.float32))
-  y = jnp.asarray(rng.integers(0, 8, size=(steps, batch_size)).astype(np.int32))
-  x_eval = jnp.asarray(rng.normal(size=(num_eval, 156, 10)).astype(np.float32))
-  config = ravdess.get_config("audio_only")
-  optimizer = steps_lib.create_optimizer(config, steps_lib.create_learning_rate_fn(config, steps))
-  if members > 1:  # K models with a leading member axis, each its own initialisation and batch
-    variables = jax.vmap(lambda r: model.init(r, x[0, :1]))(jax.random.split(jax.random.PRNGKey(0), members))
+  x = rng.normal(size=(steps, batch_size, 156, 10)).astype(np.float32)
+  y = rng.integers(0, 8, size=(steps, batch_size)).astype(np.int32)
+  x_eval = rng.normal(size=(num_eval, 156, 10)).astype(np.float32)
+
+  if members == 1:  # the trainer's own train and predict steps
+    state = [built.initial_state()]
+    batches = [steps_lib.to_devices({"mfcc": x[i], "label": y[i], "mask": np.ones(batch_size, bool)}, mesh)
+               for i in range(steps)]
+    eval_batch = steps_lib.to_devices({"mfcc": x_eval, "label": np.zeros(num_eval, np.int32),
+                                       "mask": np.ones(num_eval, bool)}, mesh)
+    no_stop = jax.device_put(np.zeros(1, np.int32), NamedSharding(mesh, P("data")))
+    weights = jax.device_put(evaluate_lib.removal_weights(None), NamedSharding(mesh, P()))
+
+    def train_one(i):
+      state[0], metrics = built.train_step(state[0], batches[i], no_stop)
+      return metrics
+
+    def evaluate():
+      return built.predict_step(state[0], eval_batch, weights)
+  else:  # K models with a leading member axis, each its own initialisation and batch
+    model, optimizer = built.model, built.tx
+    xs, ys = jnp.asarray(x), jnp.asarray(y)
+    variables = jax.vmap(lambda r: model.init(r, xs[0, :1]))(jax.random.split(jax.random.PRNGKey(0), members))
     state = [variables["params"], variables["batch_stats"], jax.vmap(optimizer.init)(variables["params"])]
-    x = jnp.stack([jnp.roll(x, i, axis=0) for i in range(members)], axis=1)  # (steps, K, batch, 156, 10)
-    y = jnp.stack([jnp.roll(y, i, axis=0) for i in range(members)], axis=1)
-  else:
-    variables = model.init(jax.random.PRNGKey(0), x[0, :1])
-    state = [variables["params"], variables["batch_stats"], optimizer.init(variables["params"])]
+    xs = jnp.stack([jnp.roll(xs, i, axis=0) for i in range(members)], axis=1)  # (steps, K, batch, 156, 10)
+    ys = jnp.stack([jnp.roll(ys, i, axis=0) for i in range(members)], axis=1)
 
-  def one_step(params, batch_stats, opt_state, xb, yb):
-    def loss_fn(p):
-      logits, updates = model.apply({"params": p, "batch_stats": batch_stats}, xb, train=True,
-                                    mutable=["batch_stats"])
-      return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean(), updates["batch_stats"]
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), batch_stats, opt_state, loss
+    def one_step(params, batch_stats, opt_state, xb, yb):
+      def loss_fn(p):
+        logits, updates = model.apply({"params": p, "batch_stats": batch_stats}, xb, train=True,
+                                      mutable=["batch_stats"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean(), updates["batch_stats"]
+      (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), batch_stats, opt_state, loss
 
-  def one_eval(params, batch_stats, xe):
-    return model.apply({"params": params, "batch_stats": batch_stats}, xe, train=False)
+    def one_eval(params, batch_stats, xe):
+      return model.apply({"params": params, "batch_stats": batch_stats}, xe, train=False)
 
-  step = jax.jit(jax.vmap(one_step) if members > 1 else one_step)
-  evaluate = jax.jit(jax.vmap(one_eval, in_axes=(0, 0, None)) if members > 1 else one_eval)
+    step = jax.jit(jax.vmap(one_step))
+    eval_step = jax.jit(jax.vmap(one_eval, in_axes=(0, 0, None)))
+    x_eval = jnp.asarray(x_eval)
+
+    def train_one(i):
+      *new, loss = step(*state, xs[i], ys[i])
+      state[:] = new
+      return loss
+
+    def evaluate():
+      return eval_step(state[0], state[1], x_eval)
 
   start = time.perf_counter()
-  jax.block_until_ready(step(*state, x[0], y[0]))
-  jax.block_until_ready(evaluate(state[0], state[1], x_eval))
+  jax.block_until_ready(train_one(0))
+  jax.block_until_ready(evaluate())
   compile_s = time.perf_counter() - start
 
   def run_steps():
     for i in range(steps):
-      *new, loss = step(*state, x[i], y[i])
-      state[:] = new
-    jax.block_until_ready(loss)
+      out = train_one(i)
+    jax.block_until_ready(out)
 
   def run_eval():
-    jax.block_until_ready(evaluate(state[0], state[1], x_eval))
+    jax.block_until_ready(evaluate())
 
   return run_steps, run_eval, compile_s
 
@@ -91,7 +124,9 @@ def _torch_runner(batch_size: int, steps: int, num_eval: int):
 
   torch.manual_seed(0)
   model = AudioCNNPool(num_classes=8)
-  optimizer = torch.optim.SGD(model.parameters(), lr=0.06, momentum=0.9, dampening=0.9, weight_decay=1e-3)
+  sgd = audio_config(batch_size)  # the same optimizer settings as the JAX side
+  optimizer = torch.optim.SGD(model.parameters(), lr=sgd.learning_rate, momentum=sgd.momentum,
+                              dampening=sgd.dampening, weight_decay=sgd.weight_decay)
   loss_fn = torch.nn.CrossEntropyLoss()
   rng = np.random.default_rng(0)
   # The original feeds (B, 10, 156): coefficients as channels.
@@ -176,8 +211,7 @@ def main(argv=None):
                    members=args.members)
   print(markdown(result))
   if args.json:
-    with open(args.json, "w") as f:
-      json.dump(result, f, indent=1)
+    records.write_json(args.json, {**records.stamp("benchmarks.audio_step", argv), **result})
 
 
 if __name__ == "__main__":
