@@ -426,9 +426,7 @@ def run(config, args, log=print) -> dict:
     devices = target_devices(target)
   mesh = data_mesh(devices)
   chip = target.hardware
-  if config.batch_size % target.num_devices:
-    raise SystemExit(f"error: --config.batch_size={config.batch_size} is not a multiple of {target.name}'s "
-                     f"{target.num_devices} devices (the batch is global: devices x clips per device)")
+  records.require_config(config, "", num_devices=target.num_devices)
   batch_per_device = config.batch_size // target.num_devices
 
   def config_fn(batch, num_devices=target.num_devices):

@@ -82,10 +82,18 @@ def define_config_flag() -> None:
                                   lock_config=True)
 
 
-def require_config(config, example: str):
-  """The parsed `--config`, or a one-line error saying what to pass."""
+def require_config(config, example: str, num_devices: Optional[int] = None):
+  """The parsed `--config`, checked as the trainer checks it (every key and value; with `num_devices`, that
+  the batches divide over them), or a one-line error saying what to change."""
   if config is None:
     sys.exit(f"error: --config is required (the trainer's config), e.g. {example}")
+  from avtca_jax import config_validation
+  try:
+    config_validation.validate(config)
+    if num_devices:
+      config_validation.check_batch_sizes(config, num_devices)
+  except config_validation.ConfigError as error:
+    sys.exit(f"error: {error}")
   return config
 
 

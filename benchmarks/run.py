@@ -324,7 +324,7 @@ def _accuracy_md(audio_table: str, recipe: str, av_rows) -> str:
     else:
       value = f"not run: {r['reason']}"
     rows.append(f"| {r['protocol']} | {r['status']} | {value} | `{r['command']}` | {r['published']} |")
-  return (f"Audio-only, recipe `{recipe}`:\n\n{audio_table}\n{PUBLISHED}\n\nAudio + video (AVT-CA `it`):\n\n"
+  return (f"Cross-validation of `{recipe}`:\n\n{audio_table}\n{PUBLISHED}\n\nAudio + video (AVT-CA `it`):\n\n"
           + "\n".join(rows))
 
 

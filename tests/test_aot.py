@@ -117,16 +117,20 @@ def test_gpu_and_tpu_scripts_are_valid_bash():
 
 
 def test_aot_takes_the_trainers_config_and_refuses_a_batch_the_target_cannot_split():
-  """`--config` and `--config.x=y` as the trainer takes them; the batch is global, so it must split evenly
-  over the target's devices (a one-line error before anything compiles); a config is required."""
+  """`--config` and `--config.x=y` as the trainer takes them, validated as the trainer validates them; the
+  batch is global, so it must split evenly over the target's devices (a one-line error before anything
+  compiles); a config is required."""
   def aot(*args):
     return subprocess.run([sys.executable, "-m", "benchmarks.aot", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
   proc = aot("--target=v5e-16", "--config=configs/ravdess.py:fold1", "--config.batch_size=8")
   assert proc.returncode == 1
-  assert proc.stderr.strip() == ("error: --config.batch_size=8 is not a multiple of v5e-16's 16 devices (the batch "
-                                 "is global: devices x clips per device)")
+  assert proc.stderr.strip() == ("error: config.batch_size=8 is not divisible by the 16 devices (global batch = "
+                                 "devices x per-device batch); use a multiple of 16")
   assert "--config is required" in aot("--target=v5e-16").stderr
+  # The trainer's validation: a value it refuses is refused here too, naming the key.
+  refused = aot("--target=v5e-16", "--config=configs/ravdess.py:fold1", "--config.learning_rate=-1")
+  assert refused.returncode == 1 and refused.stderr.strip().startswith("error: config.learning_rate=-1")
   assert "unknown config key 'no_such_key'" in aot("--target=v5e-16", "--config=configs/ravdess.py:fold1",
                                                    "--config.no_such_key=1").stderr
 
