@@ -412,6 +412,19 @@ def local_target():
   return Target("local", key, platform, len(devices), jax.process_count(), "local"), devices
 
 
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """The compile's own settings (everything else is the trainer's config)."""
+  target: str = "local"
+  find_largest: bool = False
+  max_compiles: int = 3
+  probes: Tuple[int, ...] = ()
+  skip_eval_step: bool = False
+  cost_from: str = ""
+  skip_cpu_cost: bool = False
+  gpu_memory_fraction: float = 0.75
+
+
 def run(config, args, log=print) -> dict:
   """Compile `config`'s steps for `args.target` (a target of TARGETS or 'local'); the report as a dict."""
   import jax
@@ -479,7 +492,7 @@ def run(config, args, log=print) -> dict:
     cost = {"flops": est["flops_per_clip"] * best_batch, "bytes_accessed": est["bytes_per_clip"] * best_batch}
     cost_source = f"{donor['cost_source']} (from {os.path.basename(args.cost_from)})"
   if cost is None:  # the GPU compiler gives no cost analysis: the same step compiled for the CPU
-    cost_batch = min(best_batch, 8)  # FLOPs and bytes per clip do not depend on the batch
+    cost_batch = min(best_batch, 8)  # per-clip FLOPs do not depend on the batch (bytes may: an estimate)
     cpu_config = config_fn(cost_batch, num_devices=1)
     cpu_config.conv_impl = report["conv_impl"]  # the target's formulation, not the CPU's
     cost = compile_step(cpu_config, data_mesh(jax.devices("cpu")[:1]))["cost"]
@@ -539,19 +552,6 @@ def main(argv):
   if FLAGS.out:
     records.write_json(FLAGS.out, report)
   return 0
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-  """The compile's own settings (everything else is the trainer's config)."""
-  target: str = "local"
-  find_largest: bool = False
-  max_compiles: int = 3
-  probes: Tuple[int, ...] = ()
-  skip_eval_step: bool = False
-  cost_from: str = ""
-  skip_cpu_cost: bool = False
-  gpu_memory_fraction: float = 0.75
 
 
 if __name__ == "__main__":

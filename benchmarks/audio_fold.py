@@ -32,7 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import time
 
 import numpy as np
@@ -116,18 +116,19 @@ def default_audio_dir() -> str:
 
 
 def measure(protocols, seeds, epochs: int = 100, audio_dir=None, json_path: str = "",
-            per_clip_features: int = 0) -> dict:
+            per_clip_features: int = 0, argv=()) -> dict:
+  """Trains every (fold, seed) not yet in `json_path`; `argv` is the command line recorded with the results."""
   import torch  # before TensorFlow/JAX threads start, as in benchmarks.audio_step
 
   from avtca_jax import audio_data, splits
 
   audio_dir = audio_dir or default_audio_dir()
   data = audio_data.load_ravdess_audio(audio_dir)
-  result = {"runs": {}, "epochs": epochs, "seeds": list(seeds), "folds": list(protocols),
-            "tested_actors": sorted({a for p in protocols for a in splits.fold_actors(p)["test"]}),
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                        "torch_threads": torch.get_num_threads()},
-            "versions": {"torch": torch.__version__}}
+  from benchmarks import records
+  result = {**records.stamp("benchmarks.audio_fold", argv), "runs": {}, "epochs": epochs, "seeds": list(seeds),
+            "folds": list(protocols),
+            "tested_actors": sorted({a for p in protocols for a in splits.fold_actors(p)["test"]})}
+  result["machine"]["torch_threads"] = torch.get_num_threads()
   if json_path and os.path.exists(json_path):
     with open(json_path) as f:
       result["runs"] = json.load(f).get("runs", {})
@@ -299,7 +300,8 @@ def main(argv=None):
     import torch
     torch.set_num_threads(args.threads)
   result = measure(protocols, [int(s) for s in args.seeds.split(",")], epochs=args.epochs,
-                   audio_dir=args.audio_dir, json_path=args.json, per_clip_features=args.per_clip_features)
+                   audio_dir=args.audio_dir, json_path=args.json, per_clip_features=args.per_clip_features,
+                   argv=sys.argv[1:] if argv is None else argv)
   print(markdown(result))
 
 

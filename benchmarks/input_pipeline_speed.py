@@ -28,6 +28,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
 
+from benchmarks import records
+
 
 def _build(work_dir: Path, encoding: str, manual_dir: str | None, cache_dir: Path):
   import tensorflow_datasets as tfds
@@ -146,7 +148,7 @@ def main(argv=None):
   sample = next(iter(tfds.as_numpy(builders["raw"].as_dataset(split="all").take(4).batch(4))))["frames"]
   results = dict(
       date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-      command="python -m benchmarks.input_pipeline_speed " + " ".join(argv or os.sys.argv[1:]),
+      command=records.command("benchmarks.input_pipeline_speed", argv),
       versions=dict(python=platform.python_version(), jax=jax.__version__, tensorflow=tf.__version__,
                     tensorflow_datasets=tfds.__version__),
       machine=dict(cpus=os.cpu_count(), load_average=os.getloadavg()),

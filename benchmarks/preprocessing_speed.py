@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import records
+
 # The RAVDESS clips: the folder $AVTCA_RAVDESS_DIR names (Actor_XX/ video and audio files, as downloaded).
 DATA = Path(os.environ.get("AVTCA_RAVDESS_DIR", "") or "AVTCA_RAVDESS_DIR is not set")
 ORIGINAL_INDICES = [i * 108 // 15 + 108 // 30 for i in range(15)]  # [3, 10, ..., 103] from the start
@@ -106,7 +108,7 @@ def main(argv=None):
   import librosa
   record = dict(
       benchmark="preprocessing_speed", date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      command="python -m benchmarks.preprocessing_speed " + " ".join(argv if argv is not None else sys.argv[1:]),
+      command=records.command("benchmarks.preprocessing_speed", argv),
       machine=f"{platform.machine()}, {os.cpu_count()} cores", load_average=[round(load_before, 2), round(os.getloadavg()[0], 2)],
       threads=args.threads, versions=dict(python=platform.python_version(), torch=torch.__version__,
                                           facenet_pytorch=getattr(facenet_pytorch, "__version__", "2.5.3"),

@@ -44,13 +44,16 @@ def command(module: str, argv: Optional[Sequence[str]] = None) -> str:
   (a scratch folder, an output file) is this machine's, so it is written as DIR or FILE."""
   args = list(sys.argv[1:] if argv is None else argv)
 
-  def portable(arg: str) -> str:
+  out = []
+  for i, arg in enumerate(args):
     flag, sep, value = arg.partition("=")
-    if sep and flag.startswith("--") and os.path.isabs(value):
-      return f"{flag}={'DIR' if 'dir' in flag else 'FILE'}"
-    return arg
-
-  return " ".join(["python -m " + module] + [shlex.quote(portable(a)) for a in args])
+    if not sep and i > 0 and args[i - 1].startswith("--") and "=" not in args[i - 1]:
+      flag, value = args[i - 1], arg  # `--flag VALUE`
+    if flag.startswith("--") and os.path.isabs(value):
+      placeholder = "DIR" if "dir" in flag else "FILE"
+      arg = f"{flag}={placeholder}" if sep else placeholder
+    out.append(shlex.quote(arg))
+  return " ".join(["python -m " + module] + out)
 
 
 def stamp(module: str, argv: Optional[Sequence[str]] = None) -> dict:

@@ -76,6 +76,10 @@ def test_config_args_hand_the_same_config_to_the_trainer():
           "--config.data.source", "synthetic"]
   assert records.config_args(argv) == ["--config=configs/ravdess.py:fold2", "--config.batch_size=4",
                                        "--config.data.source=synthetic"]
+  # This machine's absolute paths are not recorded in a result's command.
+  assert records.command("benchmarks.x", ["--manual_dir", "/abs/ravdess", "--workdir=/abs/w", "--json=/abs/r.json",
+                                          "--out", "runs/r.json"]) == (
+      "python -m benchmarks.x --manual_dir DIR --workdir=DIR --json=FILE --out runs/r.json")
 
 
 def test_killed_worker_says_how_it_ended():
