@@ -111,7 +111,7 @@ class StopRequest:
   """SIGTERM (TPU preemption, `kill`) to any process stops every process after the same step.
 
   Each step takes this process's flag as an input and sums every device's flag into its metrics
-  (`make_train_step`); after dispatching step n, every process reads the sum of step n - STOP_LAG, which
+  (`steps.make_train_step`); after dispatching step n, every process reads the sum of step n - STOP_LAG, which
   has finished or is about to, and all of them stop after step n when it is positive. So a signal stops
   the run within STOP_LAG + 1 steps, with no extra collective, and the host never runs more than STOP_LAG
   steps ahead of the devices (enough to keep them busy).
