@@ -4,6 +4,7 @@ it needs neither flax, orbax nor TensorFlow, and the packages docs/export.md nam
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +105,21 @@ def _serving_pins() -> dict:
   return dict(item.split("==") for item in line.split()[2:])
 
 
+def _with_requirements(names) -> set:
+  """`names` and every distribution they require, as installed (extras left out)."""
+  from importlib import metadata
+  found, todo = set(), [n.lower().replace("-", "_") for n in names]
+  while todo:
+    name = todo.pop()
+    if name in found:
+      continue
+    found.add(name)
+    for requirement in metadata.requires(name) or []:
+      if "extra ==" not in requirement:
+        todo.append(re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower().replace("-", "_"))
+  return found
+
+
 def _serving_site(directory: Path, distributions) -> Path:
   """A folder holding only `distributions` (links to their installed top-level folders and metadata)."""
   from importlib import metadata
@@ -136,14 +152,14 @@ np.save("{out}", np.asarray(jax.jit(exported.call)(inputs["mfcc"], inputs["frame
 
 @pytest.mark.slow
 def test_an_export_loads_with_the_documented_packages_alone(small_avtca_workdir, exported, tmp_path):
-  """docs/export.md's `pip install` line is the serving environment: with only those distributions (the
-  installed versions must be the documented ones) an export gives the full environment's logits exactly and
-  the training code's within 1e-5; without flatbuffers `jax.export.deserialize` fails."""
-  from importlib import metadata
+  """docs/export.md's `pip install` line is the serving environment: with only those distributions and what
+  they require (its pins agree with requirements.txt) an export gives the full environment's logits exactly
+  and the training code's within 1e-5; without flatbuffers `jax.export.deserialize` fails."""
   from avtca_jax import export
   pins = _serving_pins()
-  assert {"jax", "jaxlib", "numpy", "flatbuffers"} <= set(pins)
-  assert {name: metadata.version(name) for name in pins} == pins, "docs/export.md's versions are not the installed ones"
+  assert set(pins) == {"jax", "jaxlib", "numpy", "flatbuffers"}
+  required = dict(re.findall(r"^([\w.-]+)==(\S+)", (ROOT / "requirements.txt").read_text(), flags=re.M))
+  assert {n: v for n, v in pins.items() if n in required} == {n: required[n] for n in pins if n in required}
 
   rng = np.random.default_rng(0)
   mfcc = (rng.normal(0.0, 25.0, (2, 156, 10)) - np.array([400.0] + [0.0] * 9)).astype(np.float32)
@@ -152,12 +168,13 @@ def test_an_export_loads_with_the_documented_packages_alone(small_avtca_workdir,
   code = LOAD_EXPORT.format(model=exported / export.MODEL_FILE, inputs=tmp_path / "inputs.npz",
                             out=tmp_path / "logits.npy")
 
-  result = _run_isolated(_serving_site(tmp_path / "site", pins), code)
+  result = _run_isolated(_serving_site(tmp_path / "site", _with_requirements(pins)), code)
   assert result.returncode == 0, result.stderr[-3000:]
   got = np.load(tmp_path / "logits.npy")
   np.testing.assert_array_equal(got, export.load(str(exported)).logits(mfcc, crops))
   expected = _training_stack_logits(small_avtca_workdir, mfcc, crops)
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
-  without = _run_isolated(_serving_site(tmp_path / "site_without_flatbuffers", set(pins) - {"flatbuffers"}), code)
+  without = _run_isolated(_serving_site(tmp_path / "site_without_flatbuffers",
+                                        _with_requirements(set(pins) - {"flatbuffers"})), code)
   assert without.returncode != 0 and "flatbuffers" in without.stderr, without.stderr[-3000:]
