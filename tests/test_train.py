@@ -105,7 +105,8 @@ def rounding_tolerance(steps: int, reduction_length: int) -> float:
   Over `steps` steps these differences add up, and each one also reaches every later step (the momentum
   buffer and the changed activations carry it): at most `steps` carriers of at most `steps` differences.
   So, per leaf, |a - b| <= steps**2 * reduction_length * u * S, where S is the leaf's largest change from
-  its initial value over the run: the size of what the updates (or statistics) summed to. Adding an update
+  its initial value over the run: the size of what the updates (or statistics) summed to, standing for
+  the size of the summed terms. Adding an update
   to a value rounds once per step, which `assert_trees_within_rounding` adds: steps * u * max |value|.
   """
   return steps ** 2 * reduction_length * FLOAT32_UNIT_ROUNDOFF
@@ -194,8 +195,8 @@ def test_one_and_two_devices_give_the_same_parameters(tmp_path, two_device_state
   """A derived float32 tolerance, not exact equality: one device sums each gradient over 8 clips, two
   devices sum over 4 and then average, another summation order (`rounding_tolerance`: 6 steps, 1248-term
   reductions, 2.7e-3 of each leaf's change over the run). A wrong gradient reduction (the sum over the two
-  devices instead of the mean) doubles every update: it is off by about the leaf's whole change, some 370
-  times the tolerance."""
+  devices instead of the mean) doubles every update, so it is off by about the leaf's whole change S:
+  1 / 2.7e-3, about 370 times the tolerance."""
   train(tmp_path / "dp1", *DP, devices=1, cache=compile_cache)
   one = final_state(tmp_path / "dp1")
   initial = initial_state(tmp_path / "dp1")
