@@ -7,9 +7,10 @@
     python -m benchmarks.run --suite=pipeline --config=configs/ravdess.py   # tf.data clips/s from TFRecord shards
     python -m benchmarks.run --suite=accuracy --config=configs/ravdess.py:audio_only   # cross-validation
 
-Like the trainer, it takes `--config=configs/ravdess.py:VARIANT` and `--config.x=y` overrides: every suite
-runs that config (the step suite at each batch size of `--probes`, default the config's; the train suite
-runs `python -m avtca_jax.train` with the same arguments for `config.num_train_steps` steps). Its own flags
+Like the trainer, it takes `--config=configs/ravdess.py:VARIANT` and `--config.x=y` overrides, and the suites
+run that config: the step suite at each batch size of `--probes` (default the config's), the train suite as
+`python -m avtca_jax.train` with the same arguments for `config.num_train_steps` steps, the accuracy suite
+as its cross-validation (the pipeline suite builds its own JPEG and raw datasets). Its own flags
 say what to run and how often: --suite, --probes, --find_largest, --frameworks, --repeats, --warmup,
 --compare_device_cache, --av_protocols, --workdir, --out. The PyTorch original's step has no modality
 dropout or flip/rotate, so comparing against it needs `--config.modality_dropout=none
@@ -383,7 +384,6 @@ def main(argv):
   args = types.SimpleNamespace(**{name: FLAGS[name].value for name in (
       "suite", "probes", "find_largest", "frameworks", "repeats", "warmup", "compare_device_cache",
       "av_protocols", "workdir", "out")})
-  args.workdir = args.workdir or tempfile.mkdtemp(prefix="avtca_benchmarks_")
   config = records.require_config(FLAGS.config, "--config=configs/ravdess.py:fold1 "
                                   "--config.modality_dropout=none --config.flip_rotate=False")
   suites = list(SUITES) if args.suite == ["all"] else args.suite
@@ -394,6 +394,7 @@ def main(argv):
   if "step" in suites and "torch" in args.frameworks and step_time.has_augmentation(config):
     sys.exit("error: --frameworks includes torch, whose original step has no modality dropout or flip/rotate: "
              "add --config.modality_dropout=none --config.flip_rotate=False, or --frameworks=jax")
+  args.workdir = args.workdir or tempfile.mkdtemp(prefix="avtca_benchmarks_")
   os.makedirs(args.workdir, exist_ok=True)
   config_args = records.config_args(sys.argv[1:])
   results = {**records.stamp("benchmarks.run"), "config": config.to_dict()}
