@@ -29,7 +29,7 @@ import numpy as np
 
 from avtca_jax.preprocessing import audio as shared_audio
 from avtca_jax.preprocessing import names
-from avtca_jax.splits import assign_split
+from avtca_jax import datasets
 
 SAMPLE_RATE = shared_audio.SAMPLE_RATE
 CLIP_SECONDS = shared_audio.CLIP_SECONDS
@@ -136,11 +136,13 @@ def load_ravdess_audio(root: PathLike, cache_path: Optional[PathLike] = None, nu
           "actor": np.asarray(actors, np.int32), "stem": stems}
 
 
-def split_by_protocol(data: Dict[str, np.ndarray], protocol: str) -> Dict[str, Dict[str, np.ndarray]]:
-  """{'train', 'validation', 'test'} subsets of `data` (every array indexed alike) for an `avtca_jax.splits`
-  protocol. 'paper_random' and the inner (nested) protocols have no validation set (its entry is empty);
-  clips of actors outside the protocol (an inner protocol's outer validation and test actors) are in none."""
-  names = assign_split(protocol, data["actor"])
+def split_by_protocol(data: Dict[str, np.ndarray], protocol: str,
+                      dataset: datasets.Dataset = datasets.RAVDESS) -> Dict[str, Dict[str, np.ndarray]]:
+  """{'train', 'validation', 'test'} subsets of `data` (every array indexed alike) for a protocol of
+  `dataset` (`Dataset.assign_split`). 'paper_random' and the inner (nested) protocols have no validation set
+  (its entry is empty); clips of actors outside the protocol (an inner protocol's outer validation and test
+  actors) are in none."""
+  names = dataset.assign_split(protocol, data["actor"])
   return {name: {k: v[names == name] for k, v in data.items()} for name in ("train", "validation", "test")}
 
 

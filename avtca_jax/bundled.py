@@ -1,11 +1,11 @@
-"""The configs and the tfds builder, from a checkout or from an installed wheel.
+"""The configs and the tfds builders, from a checkout or from an installed wheel.
 
-configs/ravdess.py and data/ravdess/ live at the repository's top level, where the README's commands name
+configs/<name>.py and data/<name>/ live at the repository's top level, where the README's commands name
 them (`--config=configs/ravdess.py`, `python -m data.ravdess.build`). A wheel (`pip install .`) installs only
-the `avtca_jax` package: pyproject.toml carries those two folders inside it as `avtca_jax.configs` and
-`avtca_jax.ravdess_tfds`, so no top-level `configs` or `data` package lands in site-packages. The library
+the `avtca_jax` package: pyproject.toml carries those folders inside it as `avtca_jax.configs` and
+`avtca_jax.<name>_tfds`, so no top-level `configs` or `data` package lands in site-packages. The library
 imports them through these functions only. The checkout's names come first: tests import `data.ravdess`,
-and tfds must see one registration of the 'ravdess' builder per process.
+and tfds must see one registration of each builder per process.
 """
 
 from __future__ import annotations
@@ -24,11 +24,21 @@ def _first_importable(*names: str):
                             "package with `pip install .`")
 
 
+def config_module(name: str = "ravdess"):
+  """The module of configs/<name>.py (get_config, VARIANTS)."""
+  return _first_importable(f"configs.{name}", f"avtca_jax.configs.{name}")
+
+
+def builder_package(name: str = "ravdess"):
+  """The tfds builder package data/<name> (importing it registers the builder)."""
+  return _first_importable(f"data.{name}", f"avtca_jax.{name}_tfds")
+
+
 def ravdess_config():
   """The module of configs/ravdess.py (get_config, VARIANTS)."""
-  return _first_importable("configs.ravdess", "avtca_jax.configs.ravdess")
+  return config_module("ravdess")
 
 
 def ravdess_builder():
   """The tfds builder package data/ravdess (importing it registers the 'ravdess' builder)."""
-  return _first_importable("data.ravdess", "avtca_jax.ravdess_tfds")
+  return builder_package("ravdess")

@@ -1,4 +1,4 @@
-"""tf.data input pipeline over the 'ravdess' tfds shards: per-host numpy batches (the trainer places them).
+"""tf.data input pipeline over a dataset's tfds shards: per-host numpy batches (the trainer places them).
 
 The trainer's calls:
 
@@ -8,9 +8,9 @@ The trainer's calls:
     for batch in ds.as_numpy_iterator():         # this host's rows; steps.prefetch_to_devices places them
       ...                                         # on the devices (a bounded double buffer)
 
-A batch is {'mfcc': float32 (b, 156, 10), 'frames': uint8 (b, 15, S, S, 3) RGB, 'label': int32 (b,),
-'actor': int32 (b,), 'mask': bool (b,)} with b = batch_size // jax.process_count() per host (the global
-batch once placed on the devices). 'mask' is False only for the padding that fills the last evaluation
+A batch is the batch contract (`avtca_jax.batch`): {'mfcc': float32 (b, 156, 10), 'frames': uint8
+(b, 15, S, S, 3) RGB, 'label': int32 (b,), 'actor': int32 (b,), 'mask': bool (b,)} with
+b = batch_size // jax.process_count() per host (the global batch once placed on the devices). 'mask' is False only for the padding that fills the last evaluation
 batch (train=False), so every host yields the same number of full-size batches.
 
 Order of operations: per-host slice of the split (`host_split`, balanced to one example) -> interleaved,
@@ -34,7 +34,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from etils import epath
 
-from avtca_jax import augment, bundled
+from avtca_jax import augment, batch as batch_lib, datasets
 
 _tensorflow_on_host = False
 
@@ -54,26 +54,32 @@ def _keep_tensorflow_on_the_host() -> None:
 
 def get_builder(builder_name_or_dir: str = "ravdess", *, data_dir: Optional[str] = None,
                 config_name: Optional[str] = None) -> tfds.core.DatasetBuilder:
-  """A prepared builder: a registered name ('ravdess', 'ravdess/generated') or a dataset version folder."""
+  """A prepared builder: a registered name ('ravdess', 'crema_d/generated') or a dataset version folder."""
   _keep_tensorflow_on_the_host()
   path = epath.Path(builder_name_or_dir).expanduser()  # a local folder or gs://..., as tfds reads both
   if (path / "dataset_info.json").exists():
     return tfds.builder_from_directory(str(path))
-  bundled.ravdess_builder()  # registers 'ravdess'
+  dataset = datasets.get(builder_name_or_dir)
+  dataset.builder()  # registers the builder
   builder = tfds.builder(builder_name_or_dir, data_dir=data_dir, config=config_name)
   if not builder.is_prepared():
+    config = builder.builder_config.name if builder.builder_config else ""
     raise FileNotFoundError(
-        f"{builder.name}/{builder.builder_config.name if builder.builder_config else ''} is not prepared in "
-        f"{builder.data_dir}; build it first (docs/data.md), e.g. `tfds build data/ravdess --config "
-        f"{config_name or 'av'} --data_dir {data_dir or '~/tensorflow_datasets'}`")
+        f"{builder.name}/{config} is not prepared in {builder.data_dir}; build it first (docs/data.md), e.g. "
+        f"`python -m data.{dataset.package}.build --config {config_name or config} "
+        f"--data_dir {data_dir or '~/tensorflow_datasets'}" + ("" if config == "generated" else
+                                                                " --manual_dir <your download>") + "`")
   return builder
+
+
+def dataset_of(builder) -> datasets.Dataset:
+  """The dataset (class names, protocols) of a prepared builder."""
+  return datasets.from_info(builder.info)
 
 
 def _resolve(builder, split: str) -> str:
   """A protocol split, or several joined by '+' ('fold1_train+fold1_validation'), as stored splits."""
-  resolve_split = bundled.ravdess_builder().resolve_split
-  available = list(builder.info.splits.keys())
-  return "+".join(resolve_split(part, available) for part in split.split("+"))
+  return dataset_of(builder).resolve_split(split, list(builder.info.splits.keys()))
 
 
 def _host_slices(builder, split: str, process_count: int) -> List[List[tuple]]:
@@ -121,12 +127,12 @@ def host_split(builder, split: str, process_index: Optional[int] = None, process
 def dataset_info(builder_name_or_dir: str = "ravdess", *, data_dir: Optional[str] = None,
                  config_name: Optional[str] = None) -> Dict:
   """{'num_examples': {split: n} for every stored and protocol split, 'image_size', 'num_frames',
-  'num_classes', 'class_names', 'frame_encoding', 'config'}."""
-  protocol_split_names = bundled.ravdess_builder().protocol_split_names
+  'num_classes', 'class_names', 'frame_encoding', 'config', 'dataset' (its `datasets.Dataset`)}."""
   builder = get_builder(builder_name_or_dir, data_dir=data_dir, config_name=config_name)
   stored = {name: info.num_examples for name, info in builder.info.splits.items()}
   counts = dict(stored)
-  for name in protocol_split_names():
+  dataset = dataset_of(builder)
+  for name in dataset.protocol_split_names():
     try:
       counts[name] = sum(stored[part] for part in _resolve(builder, name).split("+"))
     except (ValueError, KeyError):  # protocol needs actors this (partial) dataset lacks
@@ -136,7 +142,7 @@ def dataset_info(builder_name_or_dir: str = "ravdess", *, data_dir: Optional[str
               num_classes=builder.info.features["label"].num_classes,
               class_names=list(builder.info.features["label"].names),
               frame_encoding="jpeg" if isinstance(frames, tfds.features.Video) else "raw",
-              config=builder.builder_config.name if builder.builder_config else None)
+              config=builder.builder_config.name if builder.builder_config else None, dataset=dataset)
 
 
 def _decode_frames(frames_feature, encoded):
@@ -183,9 +189,12 @@ def create_dataset(builder_name_or_dir: str = "ravdess", split: str = "fold1_tra
                           shuffle_files=train, read_config=read_config,
                           decoders={"frames": tfds.decode.SkipDecoding()})
 
+  dtypes = batch_lib.DTYPES
+
   def select(example):
-    return {"mfcc": example["mfcc"], "frames": example["frames"], "label": tf.cast(example["label"], tf.int32),
-            "actor": tf.cast(example["actor"], tf.int32), "mask": tf.constant(True)}
+    return {"mfcc": tf.cast(example["mfcc"], dtypes["mfcc"]), "frames": example["frames"],
+            "label": tf.cast(example["label"], dtypes["label"]), "actor": tf.cast(example["actor"], dtypes["actor"]),
+            "mask": tf.constant(True, dtypes["mask"])}
 
   def decode(example):
     return dict(example, frames=_decode_frames(frames_feature, example["frames"]))

@@ -52,29 +52,62 @@ def inner_protocol(outer: str, inner_fold: int) -> str:
   return f"inner_{outer}_{inner_fold}"
 
 
-def _parse_inner(protocol: str):
-  """('fold2', 3) for 'inner_fold2_3', else None."""
+def parse_inner(protocol: str, outer_protocols: Sequence[str] = ACTOR_PROTOCOLS):
+  """('fold2', 3) for 'inner_fold2_3' when 'fold2' is one of `outer_protocols`, else None."""
   if not protocol.startswith("inner_"):
     return None
   outer, _, j = protocol[len("inner_"):].rpartition("_")
-  if not j.isdigit() or not 1 <= int(j) <= INNER_FOLDS or outer not in ACTOR_PROTOCOLS:
+  if not j.isdigit() or not 1 <= int(j) <= INNER_FOLDS or outer not in outer_protocols:
     return None
   return outer, int(j)
 
 
+def inner_parts(outer_train: Sequence[int], inner_fold: int) -> Dict[str, List[int]]:
+  """Inner fold `inner_fold` (1..INNER_FOLDS) of an outer protocol's training speakers, in order: INNER_FOLDS
+  groups, test on group j, train on the others, no validation."""
+  outer_train = list(outer_train)
+  size = len(outer_train) // INNER_FOLDS
+  test = outer_train[(inner_fold - 1) * size:inner_fold * size]
+  return {"train": [a for a in outer_train if a not in test], "validation": [], "test": test}
+
+
+def table_parts(folds: Sequence[Sequence[int]], k: int) -> Dict[str, List[int]]:
+  """Protocol `fold<k>` of a fold table (speaker lists): test fold k, validation fold k + 1 (wrapping), train
+  the others, in table order."""
+  test, validation = list(folds[k - 1]), list(folds[k % len(folds)])
+  train = [a for i, fold in enumerate(folds) if i not in (k - 1, k % len(folds)) for a in fold]
+  return {"train": train, "validation": validation, "test": test}
+
+
+def assign_parts(parts: Dict[str, Sequence[int]], actors: Sequence[int]) -> np.ndarray:
+  """Per clip, the name of the part ('train' / 'validation' / 'test') holding its speaker; 'unused' for a
+  speaker in none (an inner protocol's outer validation and test speakers)."""
+  actors = np.asarray(actors)
+  out = np.full(len(actors), "unused", dtype=object)
+  for name, members in parts.items():
+    out[np.isin(actors, list(members))] = name
+  return out
+
+
+def paper_random(num_clips: int, test_fraction: float = 0.2) -> np.ndarray:
+  """'train' / 'test' per clip: the fixed permutation `PAPER_RANDOM_SEED` of clips in canonical order."""
+  rng = np.random.default_rng(PAPER_RANDOM_SEED)
+  order = rng.permutation(num_clips)
+  num_test = int(round(test_fraction * num_clips))
+  out = np.full(num_clips, "train", dtype=object)
+  out[order[:num_test]] = "test"
+  return out
+
+
 def is_protocol(protocol: str) -> bool:
-  return protocol in PROTOCOLS or _parse_inner(protocol) is not None
+  return protocol in PROTOCOLS or parse_inner(protocol) is not None
 
 
 def fold_actors(protocol: str) -> Dict[str, List[int]]:
   """{'train': [...], 'validation': [...], 'test': [...]} actor ids (1..24) for an actor-level protocol."""
-  inner = _parse_inner(protocol)
+  inner = parse_inner(protocol)
   if inner is not None:
-    outer_train = fold_actors(inner[0])["train"]
-    j = inner[1] - 1
-    size = len(outer_train) // INNER_FOLDS
-    test = outer_train[j * size:(j + 1) * size]
-    return {"train": [a for a in outer_train if a not in test], "validation": [], "test": test}
+    return inner_parts(fold_actors(inner[0])["train"], inner[1])
   if protocol in FOLD_PROTOCOLS:
     k = int(protocol[len("fold"):])
     test, validation = _block(4 * (k - 1) + 1), _block(4 * k + 1)
@@ -97,19 +130,9 @@ def assign_split(protocol: str, actors: Sequence[int], test_fraction: float = 0.
   """
   actors = np.asarray(actors)
   if protocol == "paper_random":
-    rng = np.random.default_rng(PAPER_RANDOM_SEED)
-    order = rng.permutation(len(actors))
-    num_test = int(round(test_fraction * len(actors)))
-    out = np.full(len(actors), "train", dtype=object)
-    out[order[:num_test]] = "test"
-    return out
-  groups = fold_actors(protocol)
-  out = np.full(len(actors), None, dtype=object)
-  for name, members in groups.items():
-    out[np.isin(actors, members)] = name
-  outside = [int(a) for a in actors[[o is None for o in out]] if int(a) not in ACTORS]
+    return paper_random(len(actors), test_fraction)
+  outside = sorted({int(a) for a in actors if int(a) not in ACTORS})
   if outside:
-    raise ValueError(f"actor ids outside 1..24: {sorted(set(outside))}")
-  # Inner protocols leave the outer validation and test actors out of every part.
-  out[[o is None for o in out]] = "unused"
-  return out
+    raise ValueError(f"actor ids outside 1..24: {outside}")
+  # Inner protocols leave the outer validation and test actors out of every part ('unused').
+  return assign_parts(fold_actors(protocol), actors)

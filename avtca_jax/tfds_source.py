@@ -1,4 +1,4 @@
-"""The `tfds` data source: the 'ravdess' builder through `avtca_jax.input_pipeline` (tf.data).
+"""The `tfds` data source: a dataset's builder (`config.data.name`) through `avtca_jax.input_pipeline`.
 
 Training batches of epoch e come from a pipeline seeded with (seed, e) that reads one epoch; a resumed run
 rebuilds it and skips the batches already consumed, so the data position follows from the step alone.
@@ -45,12 +45,24 @@ class TfdsSource:
     except Exception as error:  # an unknown builder or config name, an unreadable directory
       raise DataError(f"dataset {config.data.name!r} (config {builder_config!r}, data_dir "
                       f"{config.data.data_dir or 'tfds default'}): {error}") from error
+    self._check_dataset()
+
+  def _check_dataset(self):
+    """config.num_classes and config.data.protocol against the built dataset (one line each)."""
+    names = self.info["class_names"]
+    if self.config.num_classes != len(names):
+      raise DataError(f"config.num_classes={self.config.num_classes} but dataset {self.config.data.name!r} has "
+                      f"{len(names)} classes ({', '.join(names)}): set --config.num_classes={len(names)}")
+    dataset, protocol = self.info["dataset"], self.config.data.protocol
+    if not dataset.is_protocol(protocol):
+      raise DataError(f"config.data.protocol={protocol!r} is not a protocol of dataset {dataset.name!r}: expected "
+                      f"one of {dataset.protocols}, paper_random or inner_<protocol>_<1..4>")
 
   def _build_generated(self):
     """The generated dataset needs no download: build it on first use (about a minute)."""
     import tensorflow_datasets as tfds
-    from avtca_jax import bundled
-    bundled.ravdess_builder()  # registers the builder
+    from avtca_jax import datasets
+    datasets.get(self.config.data.name).builder()  # registers the builder
     from absl import logging
     logging.info("building the generated dataset %s/generated (first run only)", self.config.data.name)
     builder = tfds.builder(self.config.data.name, data_dir=self.kwargs["data_dir"],

@@ -1,4 +1,4 @@
-"""One clip -> face crops + MFCC + labels; a whole RAVDESS folder -> cached .npz files and a report.
+"""One clip -> face crops + MFCC + labels; a whole dataset folder -> cached .npz files and a report.
 
 Workers are spawned processes that import torch, OpenCV and librosa but never tensorflow (the tfds builder
 reads the .npz files in its own process). Results are cached per clip as `<out_dir>/<stem>.npz`, written
@@ -22,9 +22,10 @@ import numpy as np
 from avtca_jax.preprocessing import audio as audio_lib
 from avtca_jax.preprocessing import faces as faces_lib
 from avtca_jax.preprocessing.config import PreprocessConfig
-from avtca_jax.preprocessing.names import VIDEO_EXTENSIONS, ClipPair, find_clips, parse_name
+from avtca_jax.preprocessing.names import NAMINGS, VIDEO_EXTENSIONS, ClipPair, find_clips
 
 REPORT_NAME = "report.json"
+_DATASET_TITLES = {"ravdess": "RAVDESS", "crema_d": "CREMA-D"}
 _FORMAT_VERSION = 2  # 2: source_json (input size and mtime) in every cache file
 DURATION_TOLERANCE_SECONDS = 0.25
 
@@ -51,8 +52,9 @@ def clip_features(video_path: str | os.PathLike, audio_path: str | os.PathLike |
 
 
 def process_clip(video_path: str | os.PathLike, audio_path: str | os.PathLike | None = None,
-                 config: PreprocessConfig = PreprocessConfig()) -> dict[str, Any]:
-  """Face crops, MFCC and labels of one RAVDESS clip (the dataset's records).
+                 config: PreprocessConfig = PreprocessConfig(), naming: str = "ravdess") -> dict[str, Any]:
+  """Face crops, MFCC and labels of one RAVDESS clip (the dataset's records); `naming='crema_d'` for a
+  CREMA-D clip (label 0..5, actor 1001..1091, sentence, emotion_code and level instead of RAVDESS's fields).
 
   `audio_path` is the take's audio-only (03) file; None uses the video's own soundtrack. Returns
     face_crops (15, 224, 224, 3) uint8 RGB   (the original stored BGR: use
@@ -67,7 +69,7 @@ def process_clip(video_path: str | os.PathLike, audio_path: str | os.PathLike | 
   faces.VideoError, faces.NoFaceError.
   """
   video_path = Path(video_path)
-  name = parse_name(video_path)
+  name = NAMINGS[naming](video_path)
   if name.modality == 3:
     raise ValueError(f"{video_path}: modality 03 is audio-only, not a video")
   if audio_path is None and name.modality == 2:
@@ -75,8 +77,7 @@ def process_clip(video_path: str | os.PathLike, audio_path: str | os.PathLike | 
                      f"({name.audio_stem}.wav)")
   features = clip_features(video_path, audio_path, config)
   return dict(features, label=name.label, actor=name.actor, modality=name.modality, stem=name.stem,
-              emotion=name.emotion, intensity=name.intensity, statement=name.statement,
-              repetition=name.repetition, vocal_channel=name.vocal_channel, take_key=name.take_key)
+              take_key=name.take_key, **name.details())
 
 
 # ---------------------------------------------------------------------------------------------------- cache
@@ -144,13 +145,13 @@ def _init_worker() -> None:
   cv2.setNumThreads(1)
 
 
-def _run_one(task: tuple[str, str | None, str, str, str]) -> dict[str, Any]:
+def _run_one(task: tuple[str, str | None, str, str, str, str]) -> dict[str, Any]:
   """Process one clip and write its cache file. Never raises: problems come back as data."""
-  video, audio, out_dir, config_json, source = task
+  video, audio, out_dir, config_json, source, naming = task
   config = PreprocessConfig.from_json(config_json)
   start = time.perf_counter()
   try:
-    clip = process_clip(video, audio, config)
+    clip = process_clip(video, audio, config, naming)
     save_clip(cache_path(out_dir, clip["stem"]), clip, config, source)
     return dict(video=video, audio=audio, status="written", stem=clip["stem"],
                 filled_frames=int(clip["filled_frames"]), frames_past_end=int(clip["frames_past_end"]),
@@ -171,11 +172,11 @@ def _is_video(path: str) -> bool:
 def preprocess_directory(root: str | os.PathLike, out_dir: str | os.PathLike, workers: int = 1,
                          config: PreprocessConfig = PreprocessConfig(), *, modalities: Sequence[int] = (1, 2),
                          soundtrack_fallback: bool = True, progress: bool = True, limit: int | None = None,
-                         audio_root: str | os.PathLike | None = None) -> dict[str, Any]:
+                         audio_root: str | os.PathLike | None = None, naming: str = "ravdess") -> dict[str, Any]:
   """Preprocess every clip under `root` into `<out_dir>/<stem>.npz`; returns the report (also report.json).
 
   `root` is a RAVDESS folder: the official zips unpacked into Actor_XX/ folders (mp4 and wav side by side),
-  or the shared test layout; `audio_root` a separate folder with the audio files (searched as well).
+  or the shared test layout (with naming='crema_d': a CREMA-D folder, VideoFlash/ and AudioWAV/); `audio_root` a separate folder with the audio files (searched as well).
   Symlinked files and folders are followed. Clips whose cache file exists with the same settings and the
   same input files (size and mtime) are not recomputed. `workers` spawned processes with one torch thread
   each; 0 runs in this process. Bad inputs never stop the run; each is in report['skipped'] as
@@ -191,7 +192,7 @@ def preprocess_directory(root: str | os.PathLike, out_dir: str | os.PathLike, wo
   out_dir = Path(out_dir)
   # Everything that can fail on a bad argument fails before the output folder is created.
   pairs, problems = find_clips(root, soundtrack_fallback=soundtrack_fallback, modalities=modalities,
-                               audio_root=audio_root)
+                               audio_root=audio_root, naming=naming)
   if out_dir.exists() and not out_dir.is_dir():
     raise NotADirectoryError(f"{out_dir}: --output exists and is not a folder; choose a folder")
   if limit is not None:
@@ -200,10 +201,11 @@ def preprocess_directory(root: str | os.PathLike, out_dir: str | os.PathLike, wo
   ignored = [dict(path=p.path, reason=p.reason) for p in problems if not _is_video(p.path)]
   if not pairs:
     where = f"{root}" + (f" and {audio_root}" if audio_root else "")
+    hint = ("point --input at the folder holding the Actor_XX/ folders of .mp4 files" if naming == "ravdess" else
+            "point it at the CREMA-D folder holding VideoFlash/ (and AudioWAV/)")
     raise FileNotFoundError(
-        f"{where}: no usable RAVDESS clip found ({len(skipped)} videos rejected, {len(ignored)} other files "
-        "ignored): point --input at the folder holding the Actor_XX/ folders of .mp4 files" +
-        (f"; first problem: {problems[0]}" if problems else ""))
+        f"{where}: no usable {_DATASET_TITLES.get(naming, naming)} clip found ({len(skipped)} videos rejected, "
+        f"{len(ignored)} other files ignored): {hint}" + (f"; first problem: {problems[0]}" if problems else ""))
   out_dir.mkdir(parents=True, exist_ok=True)
   for stale in out_dir.glob(".*.tmp.npz"):  # left by a run killed while writing
     stale.unlink(missing_ok=True)
@@ -223,8 +225,8 @@ def preprocess_directory(root: str | os.PathLike, out_dir: str | os.PathLike, wo
     else:
       todo.append((pair, source))
 
-  tasks = [(str(p.video), None if p.audio is None else str(p.audio), str(out_dir), config.to_json(), source)
-           for p, source in todo]
+  tasks = [(str(p.video), None if p.audio is None else str(p.audio), str(out_dir), config.to_json(), source,
+            naming) for p, source in todo]
   results: list[dict[str, Any]] = []
   bar = None
   if progress:

@@ -1,4 +1,9 @@
-"""RAVDESS file names: MM-VV-EE-II-SS-RR-AA, and pairing each video with the audio of the same take.
+"""Dataset file names (RAVDESS, CREMA-D), and pairing each video with the audio of the same take.
+
+RAVDESS: MM-VV-EE-II-SS-RR-AA (below). CREMA-D: ACTOR_SENTENCE_EMOTION_LEVEL, e.g. `1001_DFA_ANG_XX.flv`
+(actor 1001..1091, one of 12 sentences, emotion ANG DIS FEA HAP NEU SAD, level LO MD HI XX), the videos in
+VideoFlash/ and the audio of the same take, with the same name, in AudioWAV/ (`parse_crema_d_name`).
+`NAMINGS` maps a dataset to its parser; pairing, the clip search and the preprocessing take `naming=`.
 
 Fields: modality (01 audio-video, 02 video-only, 03 audio-only), vocal channel (01 speech, 02 song),
 emotion (01..08), intensity (01 normal, 02 strong), statement (01/02), repetition (01/02), actor (01..24).
@@ -21,8 +26,13 @@ from typing import Iterable, Sequence
 EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 MODALITIES = {1: "audio-video", 2: "video-only", 3: "audio-only"}
 VOCAL_CHANNELS = {1: "speech", 2: "song"}
-VIDEO_EXTENSIONS = (".mp4",)
+VIDEO_EXTENSIONS = (".mp4", ".flv")
 AUDIO_EXTENSIONS = (".wav", ".flac")
+# CREMA-D's emotion codes in their file names, and the class names in label order (the codes' order).
+CREMA_D_CODES = ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")
+CREMA_D_EMOTIONS = ("anger", "disgust", "fear", "happy", "neutral", "sad")
+CREMA_D_SENTENCES = ("DFA", "IEO", "IOM", "ITH", "ITS", "IWL", "IWW", "MTI", "TAI", "TIE", "TSI", "WSI")
+CREMA_D_LEVELS = ("LO", "MD", "HI", "XX")
 
 _NAME = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})(_[A-Za-z0-9_-]+)?$")
 
@@ -67,6 +77,11 @@ class RavdessName:
     """Stem of the official audio-only (03) file of this take."""
     return f"03-{self.take_key}"
 
+  def details(self) -> dict:
+    """The name's other fields, for inspection (stored with each preprocessed clip)."""
+    return dict(emotion=self.emotion, intensity=self.intensity, statement=self.statement,
+                repetition=self.repetition, vocal_channel=self.vocal_channel)
+
 
 def parse_name(path: str | os.PathLike) -> RavdessName:
   """Parse a RAVDESS file name (a path or a bare name, with or without extension).
@@ -104,13 +119,84 @@ def parse_name(path: str | os.PathLike) -> RavdessName:
   return name
 
 
+_CREMA_D_NAME = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})(_[A-Za-z0-9_-]+)?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class CremaDName:
+  actor: int  # 1001..1091
+  sentence: str  # one of CREMA_D_SENTENCES
+  emotion_code: str  # one of CREMA_D_CODES
+  level: str  # LO, MD, HI, XX (unspecified)
+  modality: int = 1  # 1 a video (its own soundtrack or the AudioWAV file), 3 an audio file
+  suffix: str = ""
+
+  @property
+  def label(self) -> int:
+    """0..5, index into CREMA_D_EMOTIONS."""
+    return CREMA_D_CODES.index(self.emotion_code)
+
+  @property
+  def emotion_name(self) -> str:
+    return CREMA_D_EMOTIONS[self.label]
+
+  @property
+  def take_key(self) -> str:
+    """'1001_DFA_ANG_XX': the same for the video and the audio file of a take."""
+    return f"{self.actor}_{self.sentence}_{self.emotion_code}_{self.level}"
+
+  @property
+  def stem(self) -> str:
+    return self.take_key + self.suffix
+
+  @property
+  def audio_stem(self) -> str:
+    return self.take_key
+
+  def details(self) -> dict:
+    return dict(sentence=self.sentence, emotion_code=self.emotion_code, level=self.level)
+
+
+def parse_crema_d_name(path: str | os.PathLike) -> CremaDName:
+  """Parse a CREMA-D file name ('1001_DFA_ANG_XX.flv', '.wav', '.mp4', ...); an audio file's modality is 3.
+
+  Raises ValueError naming the file when the name does not follow the convention.
+  """
+  name = Path(path).name
+  stem, dot, ext = name.rpartition(".")
+  if not dot:
+    stem, ext = name, ""
+  match = _CREMA_D_NAME.match(stem)
+  if not match:
+    raise ValueError(f"{path}: not a CREMA-D file name (expected ACTOR_SENTENCE_EMOTION_LEVEL such as "
+                     "1001_DFA_ANG_XX)")
+  actor, sentence, code, level, suffix = match.groups()
+  problems = []
+  if not 1001 <= int(actor) <= 1091:
+    problems.append(f"actor {actor} not in 1001..1091")
+  if sentence not in CREMA_D_SENTENCES:
+    problems.append(f"sentence {sentence} not one of {', '.join(CREMA_D_SENTENCES)}")
+  if code not in CREMA_D_CODES:
+    problems.append(f"emotion {code} not one of {', '.join(CREMA_D_CODES)}")
+  if level not in CREMA_D_LEVELS:
+    problems.append(f"level {level} not one of {', '.join(CREMA_D_LEVELS)}")
+  if problems:
+    raise ValueError(f"{path}: not a valid CREMA-D file name: " + "; ".join(problems))
+  modality = 3 if f".{ext.lower()}" in AUDIO_EXTENSIONS else 1
+  return CremaDName(int(actor), sentence, code, level, modality, suffix or "")
+
+
+# Dataset -> file name parser (the builders' and the preprocessing's `naming=`).
+NAMINGS = {"ravdess": parse_name, "crema_d": parse_crema_d_name}
+
+
 @dataclasses.dataclass(frozen=True)
 class ClipPair:
   """One video and the audio that goes with it. `audio is None` means: use the video's own soundtrack."""
 
   video: Path
   audio: Path | None
-  name: RavdessName
+  name: RavdessName | CremaDName
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,8 +222,8 @@ def _audio_preference(path: Path, video: Path):
 
 
 def pair_videos_with_audio(videos: Iterable[str | os.PathLike], audios: Iterable[str | os.PathLike] = (),
-                           *, soundtrack_fallback: bool = True,
-                           modalities: Sequence[int] = (1, 2)) -> tuple[list[ClipPair], list[Problem]]:
+                           *, soundtrack_fallback: bool = True, modalities: Sequence[int] = (1, 2),
+                           naming: str = "ravdess") -> tuple[list[ClipPair], list[Problem]]:
   """Pair each video with the audio-only (03) file of its take.
 
   A video whose take has no audio file uses its own soundtrack when `soundtrack_fallback` and it is an
@@ -145,8 +231,10 @@ def pair_videos_with_audio(videos: Iterable[str | os.PathLike], audios: Iterable
   a Problem ('missing audio partner ...'). Unparseable names, and audio files that are not modality 03,
   are reported too. When a take has several audio copies (the shared data has 22 kHz and 48 kHz ones), the
   one preferred by `_audio_preference` is used. Videos whose modality is not in `modalities` are left out
-  silently (use (1,) to drop the video-only copies). Returns (pairs sorted by video path, problems).
+  silently (use (1,) to drop the video-only copies). `naming` picks the file name convention (`NAMINGS`).
+  Returns (pairs sorted by video path, problems).
   """
+  parse_name = NAMINGS[naming]
   problems: list[Problem] = []
   audio_by_take: dict[str, list[Path]] = {}
   for a in audios:
@@ -199,12 +287,14 @@ def _walk_files(root: Path):
 
 
 def find_clips(root: str | os.PathLike, *, soundtrack_fallback: bool = True, modalities: Sequence[int] = (1, 2),
-               audio_root: str | os.PathLike | None = None) -> tuple[list[ClipPair], list[Problem]]:
+               audio_root: str | os.PathLike | None = None,
+               naming: str = "ravdess") -> tuple[list[ClipPair], list[Problem]]:
   """All videos under `root` (recursively, symlinks followed), paired with the audio files found under the
   same root and under `audio_root` (a separate audio folder, when given).
 
   Works with the official layout (Actor_XX/ folders with .mp4 and .wav side by side, as the original
-  README asks) and with the shared test layout (video_*/ and audio_speech_*/Actor_XX/ folders of .flac).
+  README asks) and with the shared test layout (video_*/ and audio_speech_*/Actor_XX/ folders of .flac);
+  with naming='crema_d', with CREMA-D's VideoFlash/ and AudioWAV/ folders.
   """
   roots = [Path(root)] + ([Path(audio_root)] if audio_root is not None else [])
   for folder, what in zip(roots, ("RAVDESS input folder (--input)", "audio folder (--audio)")):
@@ -223,7 +313,7 @@ def find_clips(root: str | os.PathLike, *, soundtrack_fallback: bool = True, mod
     if low.endswith(AUDIO_EXTENSIONS) and "croppad" not in low:
       audios.append(path)
   pairs, problems = pair_videos_with_audio(videos, audios, soundtrack_fallback=soundtrack_fallback,
-                                           modalities=modalities)
+                                           modalities=modalities, naming=naming)
   # Audio files whose name does not parse are reported; audio files without a video are not (the audio
   # set is usually larger than the video set here).
   return pairs, problems

@@ -15,29 +15,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def main(argv=None):
-  argv = list(sys.argv[1:] if argv is None else argv)
-  verbose = "--verbose" in argv  # ours, not tfds build's: library logs and full tracebacks
-  argv = [a for a in argv if a != "--verbose"]
-  from avtca_jax import console
-  console.configure_logging(verbose)
-  try:
-    import simple_parsing
-    import tensorflow_datasets as tfds
-    from tensorflow_datasets.scripts.cli import build
-
-    if not argv or argv[0].startswith("-"):  # default: this folder, as `tfds build` run inside it
-      argv = [os.path.dirname(os.path.abspath(__file__))] + argv
-    tfds.core.visibility.set_availables([tfds.core.visibility.DatasetType.TFDS_PUBLIC,
-                                         tfds.core.visibility.DatasetType.COMMUNITY_PUBLIC])
-    args = simple_parsing.parse(build.Args, args=argv)
-    args.execute()
-  except Exception as error:  # a user error is one line; a bug keeps its traceback
-    if isinstance(error, AssertionError):  # tfds asserts on bad arguments (a missing manual_dir, for one)
-      error = ValueError(str(error) or "tfds build refused the arguments")
-    if "Manual directory" in str(error) and not verbose:  # tfds's own text points at download instructions
-      error = ValueError(f"{str(error).split('. ')[0]}: give --manual_dir the folder of the official RAVDESS "
-                         "zips unpacked into Actor_XX/ folders (docs/data.md)")
-    console.exit_on_user_error(error, verbose)
+  from avtca_jax import tfds_builder
+  tfds_builder.build_command(sys.argv[1:] if argv is None else argv, os.path.dirname(os.path.abspath(__file__)),
+                             "the folder of the official RAVDESS zips unpacked into Actor_XX/ folders")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,297 @@
+"""What every clip builder shares (data/<name>/ subclasses `ClipBuilder`; docs/data.md "Adding a dataset").
+
+A builder only says which clips a download holds (`_download_records`: one record per clip with stem, label,
+actor, modality, filled_frames and load()) and which configs it has. This module writes them: the features
+(JPEG or raw face crops, MFCCs, label, actor, modality, stem, filled_frames), one stored split per speaker
+(`Dataset.group_split`) plus the paper_random clip split, the preprocessing report, the `generated`
+configs (clips from `avtca_jax.synthetic`, the one generator), and an `as_dataset` that takes protocol
+split names ('fold1_train'), resolved by the dataset (`avtca_jax.datasets`).
+
+Face detection and MFCCs run in a separate, clean Python process (`run_preprocessing`): the builder's
+process has TensorFlow loaded, and with the CUDA build of torch, tensorflow imported before torchvision
+segfaults (inside triton). The per-clip .npz cache lives under `<cache_dir>/<settings hash>/`, so an
+interrupted build, or a build of another config, reuses every clip already done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from avtca_jax import datasets, splits
+from avtca_jax.preprocessing.audio import MFCC_SHAPE
+from avtca_jax.preprocessing.config import NUM_FRAMES
+
+JPEG_QUALITY = 90
+FRAME_ENCODINGS = ("jpeg", "raw")
+
+
+class ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Face crops + MFCCs per clip, one split per speaker. Subclasses set DATASET, BUILDER_CONFIGS, VERSION,
+  HOMEPAGE, CITATION and define `_download_records` and `generated_stem`. Configs need the fields
+  `source` ('generated' or the download), `frame_encoding`, `image_size`, `clips_per_class`, `seed`."""
+
+  DATASET: datasets.Dataset
+  HOMEPAGE = ""
+  CITATION = ""
+  MODALITY_DOC = "1 audio-video, 2 video-only"
+
+  def __init__(self, *, preprocess_cache_dir: Optional[str] = None, preprocess_workers: Optional[int] = None,
+               **kwargs):
+    """preprocess_cache_dir: where per-clip preprocessing results are cached (default:
+    <download_dir>/<name>_preprocessed); an interrupted build resumes from it. preprocess_workers: worker
+    processes for face detection (default: the preprocessing's own default). Both can also be set with the
+    environment variables AVTCA_PREPROCESS_CACHE_DIR and AVTCA_PREPROCESS_WORKERS (for `tfds build`)."""
+    self._preprocess_cache_dir = preprocess_cache_dir or os.environ.get("AVTCA_PREPROCESS_CACHE_DIR")
+    workers = preprocess_workers or os.environ.get("AVTCA_PREPROCESS_WORKERS")
+    self._preprocess_workers = int(workers) if workers else None
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    config = self.builder_config
+    if config.frame_encoding not in FRAME_ENCODINGS:
+      raise ValueError(f"frame_encoding must be one of {FRAME_ENCODINGS}, got {config.frame_encoding!r}")
+    shape = (NUM_FRAMES, config.image_size, config.image_size, 3)
+    if config.frame_encoding == "jpeg":
+      frames = tfds.features.Video(shape=shape, encoding_format="jpeg", doc="RGB face crops, JPEG per frame")
+    else:
+      frames = tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding=tfds.features.Encoding.BYTES,
+                                    doc="RGB face crops, raw uint8")
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            "frames": frames,
+            "mfcc": tfds.features.Tensor(shape=MFCC_SHAPE, dtype=np.float32,
+                                         doc="(time, coefficient) librosa MFCCs, 3.6 s at 22050 Hz"),
+            "label": tfds.features.ClassLabel(names=self.DATASET.class_names),
+            "actor": tfds.features.Scalar(dtype=np.int32, doc=self.DATASET.group_doc),
+            "modality": tfds.features.Scalar(dtype=np.int32, doc=self.MODALITY_DOC),
+            "stem": tfds.features.Text(doc="source file name without extension"),
+            "filled_frames": tfds.features.Scalar(
+                dtype=np.int32, doc="frames with no face found, filled from the nearest frame with one"),
+        }),
+        supervised_keys=None,
+        homepage=self.HOMEPAGE,
+        citation=self.CITATION,
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  # ---- what a subclass defines ----------------------------------------------------------------------------
+
+  def _download_records(self, manual_dir: Path, cache_dir: Path) -> Tuple[List[dict], dict]:
+    """(records, report) of the download in manual_dir, preprocessed through the cache in cache_dir."""
+    raise NotImplementedError
+
+  def generated_stem(self, label: int, actor: int, index: int) -> str:
+    """The file stem of generated clip `index` of (label, actor)."""
+    raise NotImplementedError
+
+  def generated_groups(self) -> Sequence[int]:
+    """The speakers of the generated config."""
+    return self.DATASET.groups
+
+  # ---- generation -------------------------------------------------------------------------------------
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    config = self.builder_config
+    if config.source == "generated":
+      records = self._generated_records()
+      report = {"source": "generated", "clips_written": len(records), "skipped": []}
+    else:
+      cache_dir = Path(self._preprocess_cache_dir or
+                       (Path(dl_manager.download_dir) / f"{self.DATASET.name}_preprocessed"))
+      records, report = self._download_records(Path(dl_manager.manual_dir), cache_dir)
+    if not records:
+      raise ValueError(f"no usable clips (report: {json.dumps(report)[:2000]})")
+    records.sort(key=lambda r: r["stem"])
+    self.info.metadata["preprocessing"] = report_summary(report)
+    Path(self.data_path).mkdir(parents=True, exist_ok=True)
+    (Path(self.data_path) / "preprocessing_report.json").write_text(json.dumps(report, indent=1, default=str))
+
+    by_actor: Dict[int, List[dict]] = {}
+    for r in records:
+      by_actor.setdefault(r["actor"], []).append(r)
+    generators = {self.DATASET.group_split(a): self._generate_examples(rs) for a, rs in sorted(by_actor.items())}
+    # The paper's random 80/20 clip split, over the clips in canonical (stem) order.
+    parts = splits.paper_random(len(records))
+    for part in ("train", "test"):
+      chosen = [r for r, p in zip(records, parts) if p == part]
+      if chosen:
+        generators[f"{datasets.RANDOM_PROTOCOL}_{part}"] = self._generate_examples(chosen)
+    return generators
+
+  def _generate_examples(self, records: List[dict]):
+    config = self.builder_config
+    for r in records:
+      clip = r["load"]()
+      crops = np.asarray(clip["face_crops"], np.uint8)
+      expected = (NUM_FRAMES, config.image_size, config.image_size, 3)
+      if crops.shape != expected:
+        raise ValueError(f"{r['stem']}: face crops {crops.shape}, expected {expected}")
+      frames = encode_jpeg_frames(crops) if config.frame_encoding == "jpeg" else crops
+      yield r["stem"], {
+          "frames": frames,
+          "mfcc": np.asarray(clip["mfcc"], np.float32),
+          "label": int(r["label"]),
+          "actor": int(r["actor"]),
+          "modality": int(r["modality"]),
+          "stem": r["stem"],
+          "filled_frames": int(r.get("filled_frames", 0)),
+      }
+
+  def _generated_records(self) -> List[dict]:
+    """Synthetic clips (avtca_jax.synthetic), made once here (each is written twice: its speaker's split
+    and a paper_random split)."""
+    from avtca_jax import synthetic
+    config = self.builder_config
+    records = []
+    for actor in self.generated_groups():
+      for label in range(self.DATASET.num_classes):
+        for index in range(config.clips_per_class):
+          clip = synthetic.make_clip(label, actor, index, config.image_size, config.seed)
+          records.append(dict(stem=self.generated_stem(label, actor, index), label=label, actor=actor,
+                              modality=1, filled_frames=0, load=lambda clip=clip: clip))
+    return records
+
+  # ---- reading ------------------------------------------------------------------------------------------
+
+  def as_dataset(self, split=None, *args, **kwargs):
+    """As tfds's, with protocol split names ('fold1_train', 'original_test', ...) resolved first."""
+    available = list(self.info.splits.keys())
+    resolve = lambda s: self.DATASET.resolve_split(s, available) if isinstance(s, str) else s
+    if isinstance(split, (list, tuple)):
+      split = type(split)(resolve(s) for s in split)
+    elif isinstance(split, dict):
+      split = {k: resolve(v) for k, v in split.items()}
+    else:
+      split = resolve(split)
+    return super().as_dataset(split, *args, **kwargs)
+
+
+def encode_jpeg_frames(crops: np.ndarray) -> List[bytes]:
+  import cv2
+  out = []
+  for frame in crops:
+    ok, buf = cv2.imencode(".jpg", frame[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+      raise ValueError("JPEG encoding failed")
+    out.append(buf.tobytes())
+  return out
+
+
+def report_summary(report: dict) -> dict:
+  """The part of the preprocessing report kept in the dataset's metadata.json (small, JSON-safe)."""
+  keep = {k: v for k, v in report.items() if isinstance(v, (int, float, str, bool))}
+  skipped = report.get("skipped", [])
+  keep["num_skipped"] = len(skipped)
+  keep["skipped"] = skipped[:200]
+  return json.loads(json.dumps(keep, default=str))
+
+
+# ---- the preprocessing, in a clean process ---------------------------------------------------------------
+
+_RUNNER = """
+import json, sys
+from avtca_jax.preprocessing.clips import preprocess_directory
+from avtca_jax.preprocessing.config import PreprocessConfig
+from avtca_jax import console
+args = json.loads(sys.argv[1])
+console.configure_logging(False)
+config = PreprocessConfig.from_json(args["config"])
+try:
+  preprocess_directory(args["root"], args["out_dir"], args["workers"], config,
+                       modalities=tuple(args["modalities"]), progress=True, naming=args["naming"])
+except Exception as error:  # one line (e.g. no usable clip in manual_dir), then the builder's own error
+  console.exit_on_user_error(error)
+"""
+
+
+def default_workers() -> int:
+  """One worker per core (each runs one torch thread), as `python -m avtca_jax.preprocess`."""
+  return os.cpu_count() or 1
+
+
+def preprocess_config(image_size: int):
+  from avtca_jax.preprocessing.config import PreprocessConfig
+  return PreprocessConfig(crop_size=image_size)
+
+
+def run_preprocessing(manual_dir: Path, cache_dir: Path, *, modalities: Sequence[int], image_size: int,
+                      naming: str, workers: Optional[int] = None) -> Tuple[Path, dict]:
+  """Preprocess `manual_dir` into the cache (only clips not cached yet); returns (clip folder, report)."""
+  config = preprocess_config(image_size)
+  settings = config.to_json()
+  out_dir = Path(cache_dir) / hashlib.sha1(settings.encode()).hexdigest()[:12]
+  out_dir.mkdir(parents=True, exist_ok=True)
+  report_path = out_dir / "report.json"
+  if report_path.exists():
+    report_path.unlink()  # never read a previous run's report as this one's
+  args = dict(root=str(manual_dir), out_dir=str(out_dir), workers=workers or default_workers(),
+              config=settings, modalities=list(modalities), naming=naming)
+  env = dict(os.environ)
+  env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  result = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(args)], env=env)
+  if result.returncode != 0 or not report_path.exists():
+    raise ValueError(f"preprocessing of {manual_dir} failed (exit status {result.returncode}, the reason is "
+                     f"printed above); rerun to continue from the cache in {out_dir}")
+  return out_dir, json.loads(report_path.read_text())
+
+
+def preprocessed_records(manual_dir: Path, cache_dir: Path, *, naming: str, modalities: Sequence[int] = (1,),
+                         image_size: int, workers: Optional[int] = None,
+                         missing_hint: str = "") -> Tuple[List[dict], dict]:
+  """One record per usable clip (stem, label, actor, modality, filled_frames, load()), and the report."""
+  from avtca_jax.preprocessing.clips import cache_path, load_clip
+  from avtca_jax.preprocessing.names import NAMINGS
+  manual_dir = Path(manual_dir)
+  if not manual_dir.is_dir():
+    raise FileNotFoundError(f"manual_dir {manual_dir} does not exist: {missing_hint or 'download the dataset'}"
+                            " into it (docs/data.md)")
+  out_dir, report = run_preprocessing(manual_dir, cache_dir, modalities=modalities, image_size=image_size,
+                                      naming=naming, workers=workers)
+  filled = report.get("filled_frames_by_clip", {})
+  parse = NAMINGS[naming]
+  out = []
+  for stem in sorted(set(report.get("written", [])) | set(report.get("cached", []))):
+    name = parse(stem)
+    path = cache_path(out_dir, stem)
+    out.append(dict(stem=stem, label=name.label, actor=name.actor, modality=name.modality,
+                    filled_frames=int(filled.get(stem, 0)), load=lambda path=path: load_clip(path)))
+  return out, report
+
+
+# ---- `tfds build` without apache_beam ------------------------------------------------------------------------
+
+
+def build_command(argv: Sequence[str], folder: str, manual_hint: str) -> None:
+  """tfds's own `build` command (same flags as `tfds build`) for the builder in `folder`, without the `tfds`
+  script, which imports apache_beam at start-up. A user error is one line; `--verbose` (ours) keeps library
+  logs and tracebacks. `manual_hint` says what --manual_dir must hold."""
+  argv = list(argv)
+  verbose = "--verbose" in argv
+  argv = [a for a in argv if a != "--verbose"]
+  from avtca_jax import console
+  console.configure_logging(verbose)
+  try:
+    import simple_parsing
+    from tensorflow_datasets.scripts.cli import build
+
+    if not argv or argv[0].startswith("-"):  # default: this folder, as `tfds build` run inside it
+      argv = [folder] + argv
+    tfds.core.visibility.set_availables([tfds.core.visibility.DatasetType.TFDS_PUBLIC,
+                                         tfds.core.visibility.DatasetType.COMMUNITY_PUBLIC])
+    args = simple_parsing.parse(build.Args, args=argv)
+    args.execute()
+  except Exception as error:  # a user error is one line; a bug keeps its traceback
+    if isinstance(error, AssertionError):  # tfds asserts on bad arguments (a missing manual_dir, for one)
+      error = ValueError(str(error) or "tfds build refused the arguments")
+    if "Manual directory" in str(error) and not verbose:  # tfds's own text points at download instructions
+      error = ValueError(f"{str(error).split('. ')[0]}: give --manual_dir {manual_hint} (docs/data.md)")
+    console.exit_on_user_error(error, verbose)
