@@ -53,14 +53,16 @@ def test_resume_skips_a_damaged_latest_checkpoint(tmp_path, compile_cache):
   unrestorable = tmp_path / "unrestorable"
   shutil.copytree(workdir, unrestorable)
 
-  # evaluate (and predict: the same loading) on the damaged step: one line.
-  result = subprocess.run([sys.executable, "-m", "avtca_jax.evaluate", f"--workdir={workdir}", "--split=validation"],
-                          cwd=ROOT, env=_env(1, compile_cache), capture_output=True, text=True, timeout=300)
-  assert result.returncode == 1
-  assert len(error_lines(result.stderr)) == 1, result.stderr[-3000:]
-  line = error_lines(result.stderr)[0]
-  assert line.startswith("error: ") and "checkpoints/8: the checkpoint cannot be read" in line
-  assert "is not valid for value of size" in line  # tensorstore's reason, not orbax's wrapper
+  # evaluate and predict on the damaged step (the workdir's latest): one line.
+  for command in (["avtca_jax.evaluate", f"--workdir={workdir}", "--split=validation"],
+                  ["avtca_jax.predict", str(workdir), str(tmp_path / "clip.wav")]):
+    result = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, env=_env(1, compile_cache),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert len(error_lines(result.stderr)) == 1, result.stderr[-3000:]
+    line = error_lines(result.stderr)[0]
+    assert line.startswith("error: ") and "checkpoints/8: the checkpoint cannot be read" in line, line
+    assert "is not valid for value of size" in line  # tensorstore's reason, not orbax's wrapper
 
   # Resume: one line names step 8 and why, the run goes on from step 6 and saves step 8 again.
   result = train(workdir, *RUN, cache=compile_cache)
