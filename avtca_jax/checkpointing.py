@@ -293,7 +293,7 @@ class Checkpoints:
         failed.append((step, read_error_reason(error)))
         continue
       for bad_step, reason in failed:
-        kept = self._set_aside(bad_step)
+        kept = self._set_aside(bad_step, reason)
         logging.warning("checkpoint step %d does not restore (%s); kept as %s, resuming from step %d",
                         bad_step, reason, kept, step)
       return state, meta
@@ -303,23 +303,32 @@ class Checkpoints:
           "; ".join(f"step {step}: {reason}" for step, reason in failed))
     return None
 
-  def _set_aside(self, step: int) -> epath.Path:
-    """Renames checkpoints/<step> to checkpoints/<step>.damaged (or .damaged2, ...), out of orbax's view."""
+  def _set_aside(self, step: int, reason: str) -> epath.Path:
+    """Renames checkpoints/<step> to checkpoints/<step>.damaged (or .damaged2, ...), out of orbax's view
+    (orbax would otherwise refuse to save that step again, and count it among the checkpoints it keeps)."""
     directory = epath.Path(self.latest.directory)
-    target, n = directory / f"{step}.damaged", 1
+    source, target, n = directory / str(step), directory / f"{step}.damaged", 1
     while target.exists():
       n += 1
       target = directory / f"{step}.damaged{n}"
-    if jax.process_count() > 1:  # every process has finished reading it before it moves
-      from jax.experimental import multihost_utils
-      multihost_utils.sync_global_devices(f"checkpoint_set_aside_{step}")
+    self._sync(f"checkpoint_set_aside_{step}")  # every process has finished reading it
     if jax.process_index() == 0:
-      (directory / str(step)).rename(target)
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      multihost_utils.sync_global_devices(f"checkpoint_set_aside_{step}_done")
+      try:
+        source.rename(target)
+      except Exception:  # a store without directory renames: the check below says what to do, on every process
+        pass
+    self._sync(f"checkpoint_set_aside_{step}_done")
+    if source.exists():
+      raise CheckpointReadError(f"checkpoint step {step} does not restore ({reason}) and cannot be moved aside: "
+                                f"move {source} out of {directory} and rerun")
     self.latest.reload()
     return target
+
+  @staticmethod
+  def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(name)
 
   def wait(self):
     self.latest.wait_until_finished()
