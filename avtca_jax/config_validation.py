@@ -21,9 +21,11 @@ class ConfigError(ValueError):
 
 
 def default_config(variant: str = "default") -> ml_collections.ConfigDict:
-  """A variant of configs/ravdess.py (from a checkout or an installed wheel)."""
+  """A variant of configs/ravdess.py, or 'NAME:VARIANT' of configs/NAME.py (from a checkout or an installed
+  wheel); `config.variant` holds this form."""
   from avtca_jax import bundled
-  return bundled.ravdess_config().get_config(variant)
+  name, _, variant = variant.rpartition(":")
+  return bundled.config_module(name or "ravdess").get_config(variant)
 
 
 def _choices() -> Dict[str, Tuple[str, ...]]:

@@ -27,7 +27,7 @@ import optax
 from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from avtca_jax import augment, checkpointing
+from avtca_jax import augment
 from avtca_jax.config_validation import ConfigError
 from avtca_jax.models import avtca, efficientface, layers
 
@@ -170,15 +170,16 @@ def create_train_state(config, model, tx, mesh, abstract: bool = False) -> Train
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes)
   variables = avtca.init_variables(model, jax.random.fold_in(jax.random.key(config.seed), 1))
   if config.init_checkpoint:
-    from avtca_jax import convert
+    from avtca_jax import convert, warm_start
     if not epath.Path(config.init_checkpoint).is_dir():
       raise ConfigError(f"config.init_checkpoint={config.init_checkpoint!r} is not a directory (a converted "
                         "checkpoint from `python -m avtca_jax.convert`)")
     try:
-      variables = convert.load_init_checkpoint(checkpointing.absolute(config.init_checkpoint), into=variables)
+      variables, left_out = warm_start.load(config.init_checkpoint, into=variables)
     except convert.ConversionError as error:
       raise ConfigError(f"config.init_checkpoint={config.init_checkpoint}: {error}") from error
-    logging.info("initialised from %s", config.init_checkpoint)
+    logging.info("initialised from %s%s", config.init_checkpoint,
+                 f"; left out (shapes differ, freshly initialised): {'; '.join(left_out)}" if left_out else "")
   return jax.device_put(build(variables), replicated)
 
 
