@@ -1,14 +1,16 @@
-"""Where training batches come from: one interface over the tfds pipeline and in-memory arrays.
+"""Where training batches come from: `create_source(config)`, the one place a source is chosen.
 
-Every source yields *process-local* numpy batches, {'mfcc' (b,156,10) f32, 'frames' (b,T,S,S,3) uint8 RGB
-(absent for audio-only data), 'label' (b,) i32}, with b = global batch / process count, and evaluation
-batches padded to full size with a 'mask' (1 real, 0 padding). The order is a pure function of
-(seed, epoch), so a resumed run re-creates its position from the step number alone.
+Every source yields *process-local* numpy batches in the batch contract (`avtca_jax.batch`: 'mfcc',
+'frames' (absent for audio-only data), 'label', 'actor', and in evaluation a bool 'mask' that is False for
+the padding of the last batch), with b = global batch / process count. The order is a pure function of
+(seed, epoch), so a resumed run re-creates its position from the step number alone. The dataset
+(`config.data.name`, `avtca_jax.datasets`) gives the class names and resolves the protocol.
 
-- `tfds`: the `ravdess` builder (real data or its 'generated' config) through `avtca_jax.input_pipeline`
+- `tfds`: the dataset's builder (real data or its 'generated' config) through `avtca_jax.input_pipeline`
   (`avtca_jax.tfds_source`, which imports TensorFlow only when such a source is created).
 - `audio_folder`: real RAVDESS speech audio held in memory (`avtca_jax.audio_data`), audio-only models.
-- `synthetic`: a small learnable dataset generated in memory (tests, benchmarks, machines without tfds).
+- `synthetic`: clips of `avtca_jax.synthetic` (the generator of the 'generated' configs) held in memory, with
+  the dataset's classes and speakers (tests, benchmarks, machines without tfds).
 """
 
 from __future__ import annotations
@@ -18,9 +20,8 @@ from typing import Dict, Iterator
 
 import numpy as np
 
-from avtca_jax.preprocessing.audio import MFCC_SHAPE
-from avtca_jax.preprocessing.config import NUM_FRAMES
-from avtca_jax.preprocessing.names import EMOTIONS
+from avtca_jax import batch as batch_lib
+from avtca_jax import datasets, synthetic
 from avtca_jax.tfds_source import DataError, TfdsSource
 
 SPLITS = ("train", "validation", "test")
@@ -99,7 +100,7 @@ class ArraySource:
     total = len(data["label"])
     for start in range(0, total, global_batch):
       index = np.arange(start, start + global_batch)
-      mask = (index < total).astype(np.int32)
+      mask = batch_lib.padding_mask(total - start, global_batch)
       index = np.minimum(index, total - 1)[self._local_slice(global_batch)]
       batch = {k: v[index] for k, v in data.items()}
       batch["mask"] = mask[self._local_slice(global_batch)]
@@ -142,35 +143,35 @@ class DeviceCache:
       yield self._gather(self.arrays, index)
 
 
-def synthetic_arrays(num_examples: int, image_size: int, num_frames: int = NUM_FRAMES,
-                     num_classes: int = len(EMOTIONS), seed: int = 0) -> Dict[str, np.ndarray]:
-  """A learnable dataset: each class has its own frame colour pattern and MFCC band, plus noise.
+def dataset_of(config) -> datasets.Dataset:
+  """The registered dataset of `config.data.name`; DataError for an unknown name."""
+  try:
+    return datasets.get(config.data.name)
+  except KeyError as error:
+    raise DataError(f"config.data.name={config.data.name!r}: {error.args[0]}") from error
 
-  The classes are separable by either modality alone, so modality dropout still leaves a signal.
-  """
-  rng = np.random.default_rng(seed)
-  labels = (np.arange(num_examples) % num_classes).astype(np.int32)
-  rng.shuffle(labels)
-  palette = np.random.default_rng(1234).integers(40, 216, size=(num_classes, 2, 3))  # two colours per class
-  half = image_size // 2
-  frames = np.empty((num_examples, num_frames, image_size, image_size, 3), np.uint8)
-  for i, label in enumerate(labels):
-    clip = np.empty((image_size, image_size, 3), np.float32)
-    clip[:, :half] = palette[label, 0]
-    clip[:, half:] = palette[label, 1]
-    noise = rng.normal(0, 25, size=(num_frames, image_size, image_size, 3))
-    frames[i] = np.clip(clip[None] + noise, 0, 255).astype(np.uint8)
-  mfcc = rng.normal(0, 10, size=(num_examples,) + MFCC_SHAPE).astype(np.float32)
-  mfcc[np.arange(num_examples), :, labels % MFCC_SHAPE[1]] += 15.0
-  mfcc[:, :, 0] -= 200.0  # c0 of real speech is large and negative
-  actors = rng.integers(1, 25, size=num_examples).astype(np.int32)
-  return {"mfcc": mfcc, "frames": frames, "label": labels, "actor": actors}
+
+def check_classes(config, class_names) -> None:
+  """config.num_classes against the dataset's classes (one line naming both)."""
+  if config.num_classes != len(class_names):
+    raise DataError(f"config.num_classes={config.num_classes} but dataset {config.data.name!r} has "
+                    f"{len(class_names)} classes ({', '.join(class_names)}): set --config.num_classes="
+                    f"{len(class_names)}")
+
+
+def check_protocol(config, dataset: datasets.Dataset) -> None:
+  if not dataset.is_protocol(config.data.protocol):
+    raise DataError(f"config.data.protocol={config.data.protocol!r} is not a protocol of {dataset.name}: "
+                    f"expected one of {dataset.protocols}, {datasets.RANDOM_PROTOCOL} or "
+                    "inner_<protocol>_<1..4>")
 
 
 def _synthetic_source(config, process_index, process_count):
+  dataset = dataset_of(config)
+  check_classes(config, dataset.class_names)
   n = config.data.num_examples or 128
-  arrays = {split: synthetic_arrays(n if split == "train" else max(n // 4, 8), config.image_size,
-                                    config.num_frames, config.num_classes, seed=1000 * i + 7)
+  arrays = {split: synthetic.make_split(n if split == "train" else max(n // 4, 8), config.image_size,
+                                        dataset.num_classes, dataset.groups, seed=1000 * i + 7)
             for i, split in enumerate(SPLITS)}
   if config.model == "audio":
     arrays = {s: {k: v for k, v in a.items() if k != "frames"} for s, a in arrays.items()}
@@ -196,7 +197,8 @@ def _audio_folder_source(config, process_index, process_count):
     raise DataError(f"audio folder {path!r}: {error}") from error
   if len(data["label"]) == 0:
     raise DataError(f"audio folder {path!r} holds no RAVDESS audio files")
-  parts = audio_data.split_by_protocol(data, config.data.protocol)
+  check_classes(config, datasets.RAVDESS.class_names)
+  parts = audio_data.split_by_protocol(data, config.data.protocol, dataset_of(config))
   if config.data.get("train_on_validation", False):
     parts = with_validation_in_train(parts)  # before normalising: 'train' statistics cover the 20 actors
   normalize = config.data.get("normalize", "none")
@@ -212,8 +214,11 @@ def _audio_folder_source(config, process_index, process_count):
 
 
 def create_source(config, process_index: int = 0, process_count: int = 1):
-  """The data source of `config.data.source`; raises DataError for a missing dataset (no compilation)."""
+  """The data source of `config.data.source`; raises DataError for a missing dataset, a protocol the dataset
+  does not have, or a config.num_classes that is not the dataset's (no compilation)."""
   kind = config.data.source
+  if kind in ("synthetic", "audio_folder"):
+    check_protocol(config, dataset_of(config))
   if kind == "synthetic":
     return _synthetic_source(config, process_index, process_count)
   if kind == "audio_folder":
