@@ -127,22 +127,28 @@ def make_clip(label: int, actor: int, index: int, image_size: int = 64, seed: in
               mfcc=mfcc(waveform(label, actor, index, seed), SAMPLE_RATE))
 
 
-@functools.lru_cache(maxsize=4096)
-def _cached_clip(label: int, actor: int, index: int, image_size: int, seed: int):
-  clip = make_clip(label, actor, index, image_size, seed)
-  return clip["face_crops"], clip["mfcc"]
+@functools.lru_cache(maxsize=32)
+def _split(num_examples: int, image_size: int, num_classes: int, groups: tuple, seed: int):
+  from avtca_jax.preprocessing.audio import mfcc
+  rng = np.random.default_rng(seed)
+  labels = (np.arange(num_examples) % num_classes).astype(np.int32)
+  rng.shuffle(labels)
+  actors = rng.choice(np.asarray(groups), size=num_examples).astype(np.int32)
+  keys = [(int(label), int(actor), i) for i, (label, actor) in enumerate(zip(labels, actors))]
+  frames = np.stack([face_frames(label, actor, i, image_size, seed) for label, actor, i in keys])
+  mfccs = []
+  for start in range(0, num_examples, 64):  # one STFT and mel pass per 64 clips (audio.mfcc of a batch)
+    mfccs.append(mfcc(np.stack([waveform(label, actor, i, seed) for label, actor, i in keys[start:start + 64]]),
+                      SAMPLE_RATE))
+  return {"mfcc": np.concatenate(mfccs).astype(np.float32), "frames": frames.astype(np.uint8), "label": labels,
+          "actor": actors}
 
 
 def make_split(num_examples: int, image_size: int, num_classes: int, groups: Sequence[int],
                seed: int = 0) -> Dict[str, np.ndarray]:
   """`num_examples` clips held in memory in the batch contract (avtca_jax.batch): {'mfcc' (n,156,10) f32,
   'frames' (n,15,S,S,3) uint8, 'label' (n,) i32 (every class equally often, shuffled), 'actor' (n,) i32
-  (drawn from `groups`)}. Deterministic in the arguments; clips are memoised within a process."""
-  rng = np.random.default_rng(seed)
-  labels = (np.arange(num_examples) % num_classes).astype(np.int32)
-  rng.shuffle(labels)
-  actors = rng.choice(np.asarray(groups), size=num_examples).astype(np.int32)
-  clips = [_cached_clip(int(label), int(actor), i, image_size, seed) for i, (label, actor) in
-           enumerate(zip(labels, actors))]
-  return {"mfcc": np.stack([m for _, m in clips]).astype(np.float32),
-          "frames": np.stack([f for f, _ in clips]).astype(np.uint8), "label": labels, "actor": actors}
+  (drawn from `groups`)}; clip i is `make_clip(label[i], actor[i], i, image_size, seed)`. Deterministic in the
+  arguments; memoised within a process (copies are returned)."""
+  split = _split(int(num_examples), int(image_size), int(num_classes), tuple(int(g) for g in groups), int(seed))
+  return {k: v.copy() for k, v in split.items()}

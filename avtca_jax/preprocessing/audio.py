@@ -169,7 +169,9 @@ def crop_or_pad(y: np.ndarray, seconds: float = CLIP_SECONDS, sr: int = SAMPLE_R
 def mfcc(y: np.ndarray, sr: int = SAMPLE_RATE, n_mfcc: int = N_MFCC) -> np.ndarray:
   """MFCCs (time, n_mfcc) float32 with the original's settings: (156, 10) for 3.6 s at 22050 Hz.
 
-  Channels-last, as the Flax model takes it; `.T` gives the original's (10, 156).
+  Channels-last, as the Flax model takes it; `.T` gives the original's (10, 156). A batch of waveforms
+  (..., samples) gives (..., time, n_mfcc), each clip exactly as alone (one STFT and mel pass for all; the
+  dB floor, top_db below the clip's own maximum, is applied per clip).
   """
   import librosa
 
@@ -179,6 +181,18 @@ def mfcc(y: np.ndarray, sr: int = SAMPLE_RATE, n_mfcc: int = N_MFCC) -> np.ndarr
       y=y, sr=sr, n_fft=s["n_fft"], hop_length=s["hop_length"], win_length=s["win_length"], window=s["window"],
       center=s["center"], pad_mode=s["pad_mode"], power=s["power"], n_mels=s["n_mels"], fmin=s["fmin"],
       fmax=s["fmax"], htk=s["htk"], norm=s["mel_norm"])
+  if y.ndim > 1:
+    flat = mel_power.reshape((-1,) + mel_power.shape[-2:])
+    out = np.stack([mfcc_from_mel_power(m, sr, n_mfcc) for m in flat])
+    return out.reshape(y.shape[:-1] + out.shape[1:])
+  return mfcc_from_mel_power(mel_power, sr, n_mfcc)
+
+
+def mfcc_from_mel_power(mel_power: np.ndarray, sr: int = SAMPLE_RATE, n_mfcc: int = N_MFCC) -> np.ndarray:
+  """(time, n_mfcc) float32 from one clip's (n_mels, time) mel power spectrogram."""
+  import librosa
+
+  s = MFCC_SETTINGS
   log_mel = librosa.power_to_db(mel_power, **DB_SETTINGS)
   coeffs = librosa.feature.mfcc(S=log_mel, sr=sr, n_mfcc=n_mfcc, dct_type=s["dct_type"], norm=s["norm"],
                                 lifter=s["lifter"])  # (n_mfcc, time)
