@@ -61,9 +61,10 @@ class ArraySource:
   """Splits held as numpy arrays. Training order: `train_indices`. Evaluation: in order, the last batch padded."""
 
   def __init__(self, splits_arrays: Dict[str, Dict[str, np.ndarray]], process_index: int = 0,
-               process_count: int = 1):
+               process_count: int = 1, class_names=datasets.RAVDESS.class_names):
     self.arrays = splits_arrays
     self.process_index, self.process_count = process_index, process_count
+    self.class_names = tuple(class_names)  # label order (the dataset's)
     self.mfcc_normalization = {"mode": "none"}  # how 'mfcc' was normalised (audio_data.normalize_mfcc)
 
   def num_examples(self, split: str) -> int:
@@ -177,7 +178,7 @@ def _synthetic_source(config, process_index, process_count):
     arrays = {s: {k: v for k, v in a.items() if k != "frames"} for s, a in arrays.items()}
   if config.data.get("train_on_validation", False):
     arrays = with_validation_in_train(arrays)
-  return ArraySource(arrays, process_index, process_count)
+  return ArraySource(arrays, process_index, process_count, dataset.class_names)
 
 
 def _audio_folder_source(config, process_index, process_count):

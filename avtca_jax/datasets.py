@@ -154,6 +154,25 @@ def get(name: str) -> Dataset:
   return REGISTRY[key]
 
 
+def of_config(config) -> Dataset:
+  """The dataset of `config.data.name`: a registered name, or a built dataset's version folder (its
+  dataset_info.json names the builder, its label.labels.txt the classes). TensorFlow-free, for tools that
+  only need the class names (evaluate, predict, export)."""
+  import json
+  from etils import epath
+  name = config.data.name
+  folder = epath.Path(name)
+  if not (folder / "dataset_info.json").exists():
+    return get(name)
+  builder = json.loads((folder / "dataset_info.json").read_text()).get("name", "")
+  base = REGISTRY.get(builder)
+  labels = folder / "label.labels.txt"
+  names = tuple(labels.read_text().split()) if labels.exists() else (base.class_names if base else ())
+  if base is not None:
+    return dataclasses.replace(base, class_names=names)
+  return Dataset(name=builder, class_names=names, groups=(), split_format="actor{}", package=builder)
+
+
 def from_info(info) -> Dataset:
   """The dataset of a built tfds dataset (`builder.info`): the registered one for its builder name, with the
   class names the built dataset stores (its ClassLabel) and, where the build recorded them

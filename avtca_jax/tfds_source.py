@@ -47,6 +47,11 @@ class TfdsSource:
                       f"{config.data.data_dir or 'tfds default'}): {error}") from error
     self._check_dataset()
 
+  @property
+  def class_names(self):
+    """The dataset's class names, in label order (the built dataset's ClassLabel)."""
+    return tuple(self.info["class_names"])
+
   def _check_dataset(self):
     """config.num_classes and config.data.protocol against the built dataset (one line each)."""
     names = self.info["class_names"]

@@ -93,6 +93,7 @@ def test_num_classes_must_be_the_datasets():
     data_sources.create_source(config)
   config.num_classes = 6
   source = data_sources.create_source(config)
+  assert source.class_names == CREMA_D_EMOTIONS
   batch = next(source.eval_batches("test", 8))
   from avtca_jax import batch as batch_lib
   batch_lib.check(batch, 15, 32)
@@ -127,6 +128,9 @@ def test_generated_config_has_crema_d_names_and_multi_actor_folds(tmp_path):
       name = parse_crema_d_name(e["stem"].decode())
       assert name.label == e["label"] and name.actor == e["actor"]
     assert examples[0]["frames"].shape == (15, 32, 32, 3) and examples[0]["mfcc"].shape == (156, 10)
+  import ml_collections
+  folder = ml_collections.ConfigDict({"data": {"name": str(builder.data_path)}})
+  assert datasets.of_config(folder).class_names == CREMA_D_EMOTIONS  # without TensorFlow, from the files
   from avtca_jax import input_pipeline
   info = input_pipeline.dataset_info(str(builder.data_path))
   assert info["num_classes"] == 6 and info["num_examples"]["fold2_train"] == 36
@@ -161,7 +165,8 @@ def real_crema_d(tmp_path_factory):
   manual = _manual_dir(base)
   built = {}
   for name, label_source in (("av_test", "intended"), ("av_perceived_test", "perceived")):
-    config = CremaDConfig(name=name, label_source=label_source, image_size=48, description="test: 48 px")
+    # 64 px, as the generated config: the smoke test's compiled steps serve this one too (compilation cache).
+    config = CremaDConfig(name=name, label_source=label_source, image_size=64, description="test: 64 px")
     built[label_source] = _prepare(Builder(config=config, data_dir=str(base / "tfds"),
                                            preprocess_cache_dir=str(base / "cache"), preprocess_workers=2), manual)
   return built
@@ -177,7 +182,7 @@ def test_real_clips_build_with_intended_and_perceived_labels(real_crema_d):
   assert sorted(examples) == sorted(c.stem for c in CLIPS)
   for stem, e in examples.items():
     assert CREMA_D_EMOTIONS[e["label"]] == CREMA_D_EMOTIONS[parse_crema_d_name(stem).label]
-    assert e["actor"] == 1001 and e["frames"].shape == (15, 48, 48, 3) and e["frames"].std() > 10
+    assert e["actor"] == 1001 and e["frames"].shape == (15, 64, 64, 3) and e["frames"].std() > 10
   # AudioWAV/ is used when it holds the take; the other clips use the flv's own soundtrack.
   report = json.loads((Path(intended.data_path) / "preprocessing_report.json").read_text())
   assert report["clips_written"] + report["clips_cached"] == 6 and not report["skipped"]
@@ -205,14 +210,12 @@ def _run(*args, timeout=900):
 
 @needs_real_clips
 def test_real_clips_train_and_evaluate(real_crema_d, tmp_path):
-  """A few steps on the six real clips (paper_random: 5 train, 1 test), then evaluate the run."""
+  """Two steps on the six real clips (paper_random: 5 train, 1 test), then evaluate the run."""
   data = str(real_crema_d["intended"].data_path)
   workdir = tmp_path / "real"
   _run("avtca_jax.train", "--config=configs/crema_d.py:smoke", f"--workdir={workdir}",
-       f"--config.data.name={data}", "--config.data.builder_config=", "--config.data.protocol=paper_random",
-       "--config.batch_size=2", "--config.eval_batch_size=2")
+       f"--config.data.name={data}", "--config.data.builder_config=", "--config.data.protocol=paper_random")
   test = json.loads((workdir / "test_metrics.json").read_text())
-  assert test["count"] == 1 if "count" in test else True
   assert 0.0 <= test["accuracy"] <= 1.0
   result = _run("avtca_jax.evaluate", f"--workdir={workdir}", "--split=test", "--remove=",
                 f"--output_dir={tmp_path / 'eval'}")
