@@ -43,7 +43,7 @@ import numpy as np
 from etils import epath
 from ml_collections import config_flags
 
-from avtca_jax import checkpointing, console, evaluate as evaluate_lib, splits
+from avtca_jax import checkpointing, console, datasets, evaluate as evaluate_lib, splits
 from avtca_jax import train as train_lib
 
 METRICS = ("accuracy", "uar", "macro_f1")
@@ -75,8 +75,8 @@ def summarize(runs: Dict[str, Dict[str, Dict[str, Dict[str, float]]]]) -> Dict[s
   return out
 
 
-def tested_actors(protocols: Sequence[str]) -> List[int]:
-  return sorted({a for p in protocols for a in splits.fold_actors(p)["test"]})
+def tested_actors(protocols: Sequence[str], dataset: datasets.Dataset = datasets.RAVDESS) -> List[int]:
+  return sorted({a for p in protocols for a in dataset.parts(p)["test"]})
 
 
 def _ranges(actors: Sequence[int]) -> str:
@@ -91,11 +91,11 @@ def _ranges(actors: Sequence[int]) -> str:
   return ", ".join(out)
 
 
-def markdown(runs, summary, seconds=None, chosen=None) -> str:
+def markdown(runs, summary, seconds=None, chosen=None, dataset: datasets.Dataset = datasets.RAVDESS) -> str:
   """Per-run rows, per-fold means over seeds, and the mean with both spreads (percentages)."""
   protocols, seeds = list(runs), sorted({s for r in runs.values() for s in r})
-  actors = tested_actors(protocols)
-  lines = [f"Test actors: {_ranges(actors)} ({len(actors)} of 24; folds {', '.join(protocols)}; seeds "
+  actors = tested_actors(protocols, dataset)
+  lines = [f"Test actors: {_ranges(actors)} ({len(actors)} of {len(dataset.groups)}; folds {', '.join(protocols)}; seeds "
            f"{', '.join(str(s) for s in seeds)}).", "",
            "| fold | seed | mode | accuracy | UAR | macro-F1 | test clips | seconds |",
            "|---|---|---|---|---|---|---|---|"]
@@ -204,6 +204,7 @@ def run(config, workdir: str, folds: Optional[Sequence[int]] = None, seeds: Opti
   root.mkdir(parents=True, exist_ok=True)
   workdir = str(root)
   protocols = _protocols(fold_set, folds)
+  dataset = datasets.of_config(config)
   seeds = [int(s) for s in (seeds if seeds else [config.seed])]
   runs: Dict[str, Dict[int, Dict]] = {}
   seconds: Dict[str, Dict[int, float]] = {}
@@ -212,11 +213,11 @@ def run(config, workdir: str, folds: Optional[Sequence[int]] = None, seeds: Opti
   def write_report(status):
     summary = summarize(runs) if runs and all(len(v) == len(seeds) for v in runs.values()) else {}
     report = {"status": status, "fold_set": fold_set, "folds": protocols, "seeds": seeds,
-              "tested_actors": tested_actors(list(runs) or protocols), "runs": runs, "seconds": seconds,
+              "tested_actors": tested_actors(list(runs) or protocols, dataset), "runs": runs, "seconds": seconds,
               "summary": summary, "nested": chosen or None}
     (epath.Path(workdir) / "cross_validation.json").write_text(json.dumps(report, indent=1))
     if summary:
-      (epath.Path(workdir) / "cross_validation.md").write_text(markdown(runs, summary, seconds, chosen))
+      (epath.Path(workdir) / "cross_validation.md").write_text(markdown(runs, summary, seconds, chosen, dataset))
     return report
 
   try:
@@ -273,7 +274,8 @@ def main(argv):
     sys.exit(f"error: {error}")
   except Exception as error:  # a user error is one line; a bug keeps its traceback
     console.exit_on_user_error(error, FLAGS.verbose)
-  print(markdown(report["runs"], report["summary"], report["seconds"], report["nested"]))
+  print(markdown(report["runs"], report["summary"], report["seconds"], report["nested"],
+                 datasets.of_config(FLAGS.config)))
 
 
 if __name__ == "__main__":
