@@ -192,6 +192,21 @@ def test_the_builder_stops_before_face_detection(tmp_path, monkeypatch):
   assert not list((tmp_path / "tfds").rglob("*.tfrecord*"))
 
 
+def test_clips_the_preprocessing_skipped_can_leave_a_class_without_training_clips(tmp_path):
+  """No face in cat's and dan's sad clips: fold1 (training speakers cat, dan) has no sad clip left."""
+  from data.manifest import ManifestError, read_manifest
+  from data.manifest.manifest_dataset_builder import _check_training_clips
+  m = read_manifest(write_csv(tmp_path, grid()))
+  lost = {r.line: r.stem for r in m.rows if r.speaker in ("cat", "dan") and m.class_names[r.label] == "sad"}
+  report = {"skipped": [{"line": line, "path": "x", "reason": "NoFaceError: no face in any frame"} for line in lost]}
+  _check_training_clips(m, {r.stem for r in m.rows}, {"skipped": []})  # nothing skipped: fine
+  with pytest.raises(ManifestError) as info:
+    _check_training_clips(m, {r.stem for r in m.rows if r.line not in lost}, report)
+  message = str(info.value)
+  assert f"line {min(lost)}" in message and "class 'sad' has no usable training clip in fold1" in message
+  assert "NoFaceError" in message and "\n" not in message
+
+
 def test_build_command_prints_one_line_for_a_bad_manifest(tmp_path):
   rows = grid()
   rows.append(rows[0])
