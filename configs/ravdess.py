@@ -12,8 +12,8 @@ import os
 
 import ml_collections
 
+from avtca_jax import datasets
 from avtca_jax.preprocessing.config import NUM_FRAMES
-from avtca_jax.preprocessing.names import EMOTIONS
 
 # The folder that holds the RAVDESS speech audio as audio_speech_22k/Actor_XX/*.flac. Read when the config
 # is built; unset, data.path stays empty and the data source's error says what to set.
@@ -67,7 +67,7 @@ def _default(config):
   config.model = "avtca"  # 'avtca' or 'audio' (the audio branch alone)
   config.fusion = "it"
   config.num_heads = 8
-  config.num_classes = len(EMOTIONS)
+  config.num_classes = datasets.RAVDESS.num_classes  # the dataset's class count (checked against the data)
   config.num_frames = NUM_FRAMES
   config.image_size = 32  # model input; stored crops are resized down on the device (generated: 64 px)
   config.dtype = "float32"  # compute dtype; 'bfloat16' for mixed precision (params stay float32)

@@ -98,3 +98,26 @@ def test_audio_variants_read_the_ravdess_folder_from_the_environment(monkeypatch
 def test_unknown_variant():
   with pytest.raises(ValueError, match="unknown config variant 'fold9'"):
     ravdess.get_config("fold9")
+
+
+def test_crema_d_variants_are_the_ravdess_base_with_the_dataset_changed():
+  from avtca_jax import config_validation, datasets
+  from configs import crema_d
+  base = _flat(ravdess.get_config())
+  dataset = {"num_classes": 6, "data.name": "crema_d"}
+  real = dict(_REAL_DATA, **dataset)
+  expected = {
+      "default": dataset, "smoke": dict(DIFFERENCES["smoke"], **dataset),
+      **{f"fold{k}": dict(real, **{"data.protocol": f"fold{k}"}) for k in range(2, 6)}, "fold1": real,
+      "perceived": dict(real, **{"data.builder_config": "av_perceived"}),
+      "finetune": dict(real, learning_rate=0.006, num_epochs=30),
+  }
+  assert set(expected) == set(crema_d.VARIANTS)
+  for variant, differences in expected.items():
+    config = crema_d.get_config(variant)
+    flat = _flat(config)
+    assert flat.pop("variant") == f"crema_d:{variant}"
+    assert {k: v for k, v in flat.items() if k != "variant" and v != base[k]} == differences, variant
+    config_validation.validate(config)
+    assert config_validation.default_config(f"crema_d:{variant}").to_dict() == config.to_dict()
+  assert crema_d.get_config().num_classes == datasets.CREMA_D.num_classes
