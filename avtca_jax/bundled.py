@@ -38,7 +38,3 @@ def ravdess_config():
   """The module of configs/ravdess.py (get_config, VARIANTS)."""
   return config_module("ravdess")
 
-
-def ravdess_builder():
-  """The tfds builder package data/ravdess (importing it registers the 'ravdess' builder)."""
-  return builder_package("ravdess")
