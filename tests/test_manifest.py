@@ -176,7 +176,7 @@ def test_other_bad_manifests(tmp_path):
 
 def test_the_builder_stops_before_face_detection(tmp_path, monkeypatch):
   """A bad row fails in the build before the preprocessing starts (one line, naming the row)."""
-  from data.manifest import ManifestError, build, manifest_dataset_builder
+  from data.manifest import ManifestError, build_dataset, manifest_dataset_builder
 
   def no_preprocessing(*args, **kwargs):
     raise AssertionError("the preprocessing ran on a bad manifest")
@@ -188,7 +188,7 @@ def test_the_builder_stops_before_face_detection(tmp_path, monkeypatch):
   (tmp_path / "clips" / "labels.txt").write_text("happy\nsad\n")
   path = write_csv(tmp_path / "clips", rows)
   with pytest.raises(ManifestError, match=r"line 6: unknown label 'sadd'"):
-    build(path, data_dir=str(tmp_path / "tfds"))
+    build_dataset(path, data_dir=str(tmp_path / "tfds"))
   assert not list((tmp_path / "tfds").rglob("*.tfrecord*"))
 
 
@@ -276,7 +276,7 @@ def test_own_clips_end_to_end(tmp_path):
   pytest.importorskip("facenet_pytorch")
   import tensorflow_datasets as tfds
   from avtca_jax import datasets, input_pipeline
-  from data.manifest import ManifestError, build
+  from data.manifest import ManifestError, build_dataset
 
   folder = tmp_path / "my_clips"
   folder.mkdir()
@@ -284,7 +284,7 @@ def test_own_clips_end_to_end(tmp_path):
   (folder / "clips.csv").write_text("\n".join(lines) + "\n")
   (folder / "labels.txt").write_text("dark\nbright\n")
   data_dir = tmp_path / "tfds"
-  built = build(folder / "clips.csv", data_dir=str(data_dir), image_size=32, preprocess_workers=2)
+  built = build_dataset(folder / "clips.csv", data_dir=str(data_dir), image_size=32, preprocess_workers=2)
   assert built == data_dir / "manifest" / "my_clips" / "1.0.0"
 
   # The dataset's own facts, from the built dataset alone.
@@ -306,7 +306,7 @@ def test_own_clips_end_to_end(tmp_path):
   # A changed manifest is refused rather than silently reused.
   (folder / "labels.txt").write_text("bright\ndark\n")
   with pytest.raises(ManifestError, match="built from another manifest"):
-    build(folder / "clips.csv", data_dir=str(data_dir), image_size=32)
+    build_dataset(folder / "clips.csv", data_dir=str(data_dir), image_size=32)
   (folder / "labels.txt").write_text("dark\nbright\n")
 
   cache = str(tmp_path / "jax_cache")

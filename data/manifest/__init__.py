@@ -9,7 +9,7 @@ clips".
 from .manifest import (DATASET_NAME, LABELS_FILE, VERSION, Manifest, ManifestError, balanced_folds, built_folder,
                        config_name, read_label_list, read_manifest)
 
-_BUILDER_NAMES = ("Builder", "ManifestConfig", "BUILDER_CONFIGS", "build", "run_preprocessing")
+_BUILDER_NAMES = ("Builder", "ManifestConfig", "BUILDER_CONFIGS", "build_dataset", "run_preprocessing")
 
 
 def __getattr__(name):

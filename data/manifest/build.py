@@ -4,12 +4,13 @@
     python -m data.manifest.build --manifest clips.csv --labels labels.txt --name my_clips --num_folds 5 \\
         --image_size 224 --workers 8
 
-Options: --manifest (the CSV), --labels (a file, one class per line, or names separated by commas; default
-labels.txt beside the CSV, else the CSV's labels sorted), --name (default: the CSV's folder name),
---num_folds (speaker-independent folds when the CSV has no fold column; default 5), --image_size (stored face
-crops, default 224), --frame_encoding (jpeg or raw), --workers (face-detection processes). Every other flag is
-tfds build's (--data_dir, --overwrite, ...), which runs without apache_beam as data/ravdess/build.py. The
-dataset lands in <data_dir>/manifest/<name>/1.0.0; the last line printed is the command that trains on it.
+Options: --manifest (the CSV), --labels (a file, one class per line, found from the current folder or
+the CSV's, or names separated by commas; default labels.txt beside the CSV, else the CSV's labels sorted),
+--name (default: the CSV's folder name), --num_folds (speaker-independent folds when the CSV has no fold
+column; default 5), --image_size (stored face crops, default 224), --frame_encoding (jpeg or raw), --workers
+(face-detection processes). Every other flag is tfds build's (--data_dir, --overwrite, ...), run without
+apache_beam as data/ravdess/build.py does. The dataset lands in <data_dir>/manifest/<name>/1.0.0; the last
+line printed is the command that trains on it.
 """
 
 import argparse
@@ -44,7 +45,10 @@ def main(argv=None):
   name = args.name or builder_lib.config_name(manifest)
   if args.workers:
     os.environ["AVTCA_PREPROCESS_WORKERS"] = str(args.workers)
-  config = dict(name=name, manifest=str(manifest), labels=args.labels, num_folds=args.num_folds,
+  labels = args.labels
+  if labels and Path(labels).expanduser().is_file():  # a file named from here; else relative to the CSV's folder
+    labels = str(Path(labels).expanduser().resolve())
+  config = dict(name=name, manifest=str(manifest), labels=labels, num_folds=args.num_folds,
                 image_size=args.image_size, frame_encoding=args.frame_encoding,
                 description=f"the clips of {manifest}")
   tfds_args = [builder_lib.DATASET_NAME, "--config", json.dumps(config), "--manual_dir", str(manifest.parent)]

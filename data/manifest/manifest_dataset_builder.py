@@ -4,8 +4,8 @@
 
 From Python:
 
-    from data.manifest import build
-    folder = build("~/my_clips/clips.csv", data_dir=DATA_DIR)   # <data_dir>/manifest/<name>/1.0.0
+    from data.manifest import build_dataset
+    folder = build_dataset("~/my_clips/clips.csv", data_dir=DATA_DIR)   # <data_dir>/manifest/<name>/1.0.0
     # or, as a tfds builder:
     from data.manifest import Builder, ManifestConfig
     builder = Builder(config=ManifestConfig(name="my_clips", manifest="/abs/clips.csv"), data_dir=DATA_DIR)
@@ -218,16 +218,17 @@ def run_preprocessing(manifest: manifest_lib.Manifest, cache_dir: Path, *, image
   return out_dir, json.loads(report_path.read_text())
 
 
-def build(manifest, *, data_dir: Optional[str] = None, name: Optional[str] = None, labels: str = "",
-          num_folds: int = manifest_lib.DEFAULT_NUM_FOLDS, image_size: int = 224, frame_encoding: str = "jpeg",
-          overwrite: bool = False, preprocess_workers: Optional[int] = None,
-          preprocess_cache_dir: Optional[str] = None) -> Path:
+def build_dataset(manifest, *, data_dir: Optional[str] = None, name: Optional[str] = None, labels: str = "",
+                  num_folds: int = manifest_lib.DEFAULT_NUM_FOLDS, image_size: int = 224, frame_encoding: str = "jpeg",
+                  overwrite: bool = False, preprocess_workers: Optional[int] = None,
+                  preprocess_cache_dir: Optional[str] = None) -> Path:
   """Build the dataset of a manifest CSV; returns its folder (<data_dir>/manifest/<name>/1.0.0), which
   configs/manifest.py and `input_pipeline` take. `name` defaults to the CSV's folder name (`config_name`)."""
   path = Path(manifest).expanduser().resolve()
   config = ManifestConfig(name=name or config_name(path), manifest=str(path), labels=labels, num_folds=num_folds,
                           image_size=image_size, frame_encoding=frame_encoding,
                           description=f"the clips of {path}")
+  data_dir = None if data_dir is None else str(Path(data_dir).expanduser())
   builder = Builder(config=config, data_dir=data_dir, preprocess_workers=preprocess_workers,
                     preprocess_cache_dir=preprocess_cache_dir)
   mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
