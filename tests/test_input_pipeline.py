@@ -186,3 +186,21 @@ def test_batches_placed_on_two_devices_with_batch_sharding(dataset_dir):
                           capture_output=True, text=True, timeout=300,
                           cwd=str(Path(__file__).resolve().parents[1]))
   assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_every_source_yields_the_batch_contract(dataset_dir):
+  """tf.data batches, in-memory training and evaluation batches: the keys, dtypes and shapes of avtca_jax.batch
+  (the mask is bool everywhere)."""
+  from avtca_jax import batch as batch_lib, data_sources, synthetic
+  for train in (True, False):
+    tfds_batch = next(input_pipeline.create_dataset(str(dataset_dir), "fold1_test", batch_size=8, train=train,
+                                                    seed=0).as_numpy_iterator())
+    batch_lib.check(tfds_batch, 15, 32)
+  arrays = synthetic.make_split(10, 32, 8, splits_lib.ACTORS)
+  source = data_sources.ArraySource({"train": arrays, "test": arrays})
+  batch_lib.check(next(source.train_batches(0, 0, 4, seed=0)), 15, 32)
+  padded = list(source.eval_batches("test", 8))[-1]
+  batch_lib.check(padded, 15, 32)
+  assert padded["mask"].tolist() == [True, True] + [False] * 6
+  with pytest.raises(ValueError, match="mask is int32, expected bool"):
+    batch_lib.check(dict(padded, mask=padded["mask"].astype(np.int32)), 15, 32)
