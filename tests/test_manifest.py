@@ -237,6 +237,28 @@ def test_config_without_a_dataset_has_the_trainers_keys(monkeypatch):
     manifest.get_config("/no/such/folder,smoke")
 
 
+def test_config_finds_the_built_dataset_from_its_folder_the_csv_or_the_environment(tmp_path, monkeypatch):
+  from configs import manifest
+  csv_path = write_csv(tmp_path / "My Clips", grid())
+  folder = tmp_path / "tfds" / "manifest" / "my_clips" / "1.0.0"  # where the build command puts it
+  folder.mkdir(parents=True)
+  (folder / "dataset_info.json").write_text("{}")
+  (folder / "metadata.json").write_text(json.dumps({"dataset": {"classes": ["a", "b", "c"], "image_size": 48}}))
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+  monkeypatch.delenv(manifest.MANIFEST_VARIABLE, raising=False)
+  for given in (str(folder), str(folder.parent), str(csv_path)):
+    config = manifest.get_config(f"{given},smoke")
+    assert config.data.name == str(folder.resolve()) and config.num_classes == 3 and config.image_size == 32
+  config = manifest.get_config(str(csv_path))
+  assert config.image_size == 48 and config.data.protocol == "fold1" and config.variant == "manifest:default"
+  monkeypatch.setenv(manifest.MANIFEST_VARIABLE, str(csv_path))
+  config = manifest.get_config("fold3")
+  assert config.data.name == str(folder.resolve()) and config.data.protocol == "fold3"
+  (folder / "dataset_info.json").unlink()
+  with pytest.raises(ValueError, match="has no built dataset in .*python -m data.manifest.build --manifest"):
+    manifest.get_config("smoke")
+
+
 # ---- end to end on real clips ----------------------------------------------------------------------------
 
 needs_clips = pytest.mark.skipif(not (RAVDESS.is_dir() and CREMA_D.is_dir()),
