@@ -1,6 +1,9 @@
-"""Preprocess a RAVDESS folder into per-clip .npz files (face crops + MFCC) and a report.
+"""Preprocess a RAVDESS or CREMA-D folder into per-clip .npz files (face crops + MFCC) and a report.
 
   python -m avtca_jax.preprocess --input ~/RAVDESS --output ~/ravdess_npz --workers 2
+  python -m avtca_jax.preprocess --dataset crema_d --input ~/CREMA-D --output ~/crema_d_npz
+
+A CREMA-D folder holds VideoFlash/*.flv and, optionally, AudioWAV/*.wav (else each video's own soundtrack).
 
 The input is the official zips unpacked into Actor_XX/ folders (Video_Speech_Actor_XX.zip and
 Audio_Speech_Actors_01-24.zip; mp4 and wav side by side or in separate trees). Rerunning the same command
@@ -20,11 +23,14 @@ import sys
 from avtca_jax import console
 from avtca_jax.preprocessing.clips import format_report, preprocess_directory
 from avtca_jax.preprocessing.config import PreprocessConfig
+from avtca_jax.preprocessing.names import NAMINGS
 
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m avtca_jax.preprocess", description=__doc__.split("\n\n")[0])
-  p.add_argument("--input", required=True, help="RAVDESS folder (Actor_XX/ with .mp4 and .wav)")
+  p.add_argument("--input", required=True, help="RAVDESS folder (Actor_XX/ with .mp4 and .wav), or a CREMA-D "
+                 "folder with --dataset crema_d")
+  p.add_argument("--dataset", choices=sorted(NAMINGS), default="ravdess", help="whose file names the clips carry")
   p.add_argument("--output", required=True, help="folder for <stem>.npz files and report.json")
   p.add_argument("--audio", default=None, help="a separate folder with the audio (.wav/.flac) files (searched "
                  "recursively, in addition to --input)")
@@ -52,7 +58,7 @@ def main(argv=None) -> int:
                               detect_max_side=args.detect_max_side or None, device=args.device)
     report = preprocess_directory(args.input, args.output, args.workers, config, modalities=modalities,
                                   soundtrack_fallback=not args.no_soundtrack_fallback, limit=args.limit,
-                                  audio_root=args.audio)
+                                  audio_root=args.audio, naming=args.dataset)
   except Exception as error:  # a user error is one line; a bug keeps its traceback
     console.exit_on_user_error(error, args.verbose)
   print(format_report(report))

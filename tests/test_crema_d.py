@@ -255,3 +255,17 @@ def test_finetune_from_a_ravdess_run_loads_everything_but_the_classifier(tmp_pat
   same = [k for k in flat_theirs if "classifier" not in k]
   assert same and all(np.array_equal(flat_ours[k], flat_theirs[k]) for k in same)
   assert "left out" in caplog.text and "params/classifier/kernel: (128, 8) vs model (128, 6)" in caplog.text
+
+
+def test_preprocess_command_reads_crema_d_names(tmp_path, capsys):
+  """`python -m avtca_jax.preprocess --dataset crema_d`: RAVDESS names are not CREMA-D clips; a folder with
+  none is a one-line error that says what the folder must hold."""
+  from avtca_jax import preprocess
+  (tmp_path / "VideoFlash").mkdir()
+  (tmp_path / "VideoFlash" / "01-01-01-01-01-01-01.mp4").write_bytes(b"")
+  with pytest.raises(SystemExit) as stopped:
+    preprocess.main(["--dataset", "crema_d", "--input", str(tmp_path), "--output", str(tmp_path / "out")])
+  assert stopped.value.code == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "no usable CREMA-D clip" in err[0] and "VideoFlash/" in err[0], err
+  assert "not a CREMA-D file name" in err[0]
