@@ -18,7 +18,7 @@ from avtca_jax import convert  # noqa: E402
 from avtca_jax.reference import torch_avtca  # noqa: E402
 
 SPEC_STATE_DICT = Path(__file__).resolve().parent / "data/avtca_it_state_dict.txt"  # from the spec, 510 lines
-# Parameters the Flax model uses per fusion (models/avtca.py) and the PyTorch totals (spec 2.8).
+# Parameters the Flax model uses per fusion (models/avtca.py) and the PyTorch totals (docs/original.md#parameter-counts).
 FLAX_PARAMS = {"it": 2_002_398, "ia": 1_832_030, "lt": 2_043_486}
 TORCH_PARAMS = {"it": 2_004_462, "ia": 1_920_814, "lt": 2_111_598}
 

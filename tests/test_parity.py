@@ -245,7 +245,7 @@ def test_depthwise_conv_forms_agree(in_features, out_features, stride, size):
 
 
 def _raw_mfcc(path: Path) -> np.ndarray:
-  """The original's features (spec 1.3/1.4): 3.6 s centre crop or zero pad, librosa MFCC with reflect padding."""
+  """The original's features (docs/original.md#audio-window, #mfccs): 3.6 s centre crop or zero pad, librosa MFCC with reflect padding."""
   librosa = pytest.importorskip("librosa")
   y, _ = librosa.load(path, sr=22050)
   length = int(22050 * 3.6)
