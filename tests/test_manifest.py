@@ -325,11 +325,15 @@ def test_own_clips_end_to_end(tmp_path):
     labels[example["stem"].decode()] = (int(example["label"]), int(example["actor"]))
   assert labels["video_actor05__01-01-03-01-01-02-05"] == (1, 1) and labels["VideoFlash__1001_DFA_SAD_XX"] == (0, 2)
 
-  # A changed manifest is refused rather than silently reused.
+  # A changed manifest is refused rather than silently reused; rebuilt on request, from the cached crops.
   (folder / "labels.txt").write_text("bright\ndark\n")
   with pytest.raises(ManifestError, match="built from another manifest"):
     build_dataset(folder / "clips.csv", data_dir=str(data_dir), image_size=32)
-  (folder / "labels.txt").write_text("dark\nbright\n")
+  assert build_dataset(folder / "clips.csv", data_dir=str(data_dir), image_size=32, overwrite=True) == built
+  rebuilt = tfds.builder_from_directory(str(built)).info
+  assert rebuilt.features["label"].names == ["bright", "dark"] and rebuilt.metadata["dataset"]["classes"] == [
+      "bright", "dark"]
+  assert rebuilt.metadata["preprocessing"]["clips_cached"] == 8
 
   cache = str(tmp_path / "jax_cache")
   workdir = tmp_path / "run"

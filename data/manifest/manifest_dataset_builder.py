@@ -138,7 +138,10 @@ class Builder(tfds_builder.ClipBuilder):
     manifest = self.read_manifest(manual_dir)  # every check, before any face detection
     self._manifest = manifest
     self._dataset = manifest.dataset()
-    self.info.features["label"].names = list(manifest.class_names)
+    label = self.info.features["label"]
+    if getattr(label, "_int2str", None) not in (None, list(manifest.class_names)):
+      label._int2str = None  # a rebuild (overwrite) with another label list: tfds lets names be set only once
+    label.names = list(manifest.class_names)
     self.info.metadata["dataset"] = manifest.metadata()
     self.info.metadata["dataset"]["image_size"] = self.builder_config.image_size
     return super()._split_generators(_ManualDir(dl_manager, manifest.path.parent))
