@@ -90,6 +90,13 @@ def test_integer_speakers_keep_their_ids_and_a_fold_column_gives_the_folds(tmp_p
   assert m.dataset().resolve_split("fold1_test") == "speaker1002+speaker1005"
 
 
+def test_speaker_ids_are_deterministic():
+  from data.manifest.manifest import group_ids
+  assert group_ids(["7", "05", "5"]) == {"05": 1, "5": 2, "7": 3}  # '05' and '5' are two speakers
+  assert group_ids(["99999999999", "1"]) == {"1": 1, "99999999999": 2}  # beyond int32
+  assert group_ids(["bob", "10", "ann"]) == {"10": 1, "ann": 2, "bob": 3}
+
+
 def test_relative_paths_are_relative_to_the_csv_folder_and_audio_is_optional(tmp_path):
   from data.manifest import read_manifest
   rows = [(v, label, s, "" if i % 2 else f"audio/{i}.wav") for i, (v, label, s) in enumerate(grid())]

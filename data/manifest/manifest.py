@@ -179,14 +179,16 @@ def _stem(video: Path, folder: Path) -> str:
 
 
 def _sort_key(value: str):
-  return (0, int(value), "") if re.fullmatch(r"-?\d+", value) else (1, 0, value)
+  return (0, int(value), value) if re.fullmatch(r"-?\d+", value) else (1, 0, value)
 
 
 def group_ids(speakers: Sequence[str]) -> Dict[str, int]:
-  """Speaker value -> id: the value itself when every speaker is a non-negative integer (distinct as
-  integers: '05' and '5' are not), else 1..N in sorted order."""
+  """Speaker value -> id: the value itself when every speaker is a non-negative integer below 2**31 (the
+  stored `actor` is int32) and they are distinct as integers ('05' and '5' are not), else 1..N in sorted
+  order."""
   unique = sorted(set(speakers), key=_sort_key)
-  if all(re.fullmatch(r"\d+", s) for s in unique) and len({int(s) for s in unique}) == len(unique):
+  if (all(re.fullmatch(r"\d+", s) and int(s) < 2**31 for s in unique)
+      and len({int(s) for s in unique}) == len(unique)):
     return {s: int(s) for s in unique}
   return {s: i for i, s in enumerate(unique, 1)}
 
