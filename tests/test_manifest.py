@@ -301,7 +301,8 @@ def _run(args, cache, timeout=600):
 @needs_clips
 @pytest.mark.slow
 def test_own_clips_end_to_end(tmp_path):
-  """Build (real face detection), train two steps at 32 px (audio + video), evaluate, predict, export."""
+  """Build with the command (real face detection), train two steps at 32 px (audio + video), evaluate, predict,
+  export."""
   pytest.importorskip("facenet_pytorch")
   import tensorflow_datasets as tfds
   from avtca_jax import datasets, input_pipeline
@@ -313,8 +314,11 @@ def test_own_clips_end_to_end(tmp_path):
   (folder / "clips.csv").write_text("\n".join(lines) + "\n")
   (folder / "labels.txt").write_text("dark\nbright\n")
   data_dir = tmp_path / "tfds"
-  built = build_dataset(folder / "clips.csv", data_dir=str(data_dir), image_size=32, preprocess_workers=2)
-  assert built == data_dir / "manifest" / "my_clips" / "1.0.0"
+  cache = str(tmp_path / "jax_cache")
+  result = _run(["data.manifest.build", "--manifest", str(folder / "clips.csv"), "--data_dir", str(data_dir),
+                 "--image_size", "32", "--workers", "2"], cache)
+  built = data_dir / "manifest" / "my_clips" / "1.0.0"
+  assert f"built {built}\ntrain: python -m avtca_jax.train --config=configs/manifest.py:{built}" in result.stdout
 
   # The dataset's own facts, from the built dataset alone.
   builder = tfds.builder_from_directory(str(built))
@@ -342,7 +346,6 @@ def test_own_clips_end_to_end(tmp_path):
       "bright", "dark"]
   assert rebuilt.metadata["preprocessing"]["clips_cached"] == 8
 
-  cache = str(tmp_path / "jax_cache")
   workdir = tmp_path / "run"
   _run(["avtca_jax.train", f"--config=configs/manifest.py:{built},smoke", f"--workdir={workdir}"], cache)
   stored = json.loads((workdir / "config.json").read_text())
