@@ -10,8 +10,9 @@ The trainer's calls:
 
 A batch is the batch contract (`avtca_jax.batch`): {'mfcc': float32 (b, 156, 10), 'frames': uint8
 (b, 15, S, S, 3) RGB, 'label': int32 (b,), 'actor': int32 (b,), 'mask': bool (b,)} with
-b = batch_size // jax.process_count() per host (the global batch once placed on the devices). 'mask' is False only for the padding that fills the last evaluation
-batch (train=False), so every host yields the same number of full-size batches.
+b = batch_size // jax.process_count() per host (the global batch once placed on the devices). 'mask' is
+False only for the padding that fills the last evaluation batch (train=False), so every host yields the same
+number of full-size batches.
 
 Order of operations: per-host slice of the split (`host_split`, balanced to one example) -> interleaved,
 file-shuffled reads -> [cache of the decoded clips] -> shuffle -> repeat -> decode -> [host augmentation]

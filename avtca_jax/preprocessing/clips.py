@@ -176,7 +176,8 @@ def preprocess_directory(root: str | os.PathLike, out_dir: str | os.PathLike, wo
   """Preprocess every clip under `root` into `<out_dir>/<stem>.npz`; returns the report (also report.json).
 
   `root` is a RAVDESS folder: the official zips unpacked into Actor_XX/ folders (mp4 and wav side by side),
-  or the shared test layout (with naming='crema_d': a CREMA-D folder, VideoFlash/ and AudioWAV/); `audio_root` a separate folder with the audio files (searched as well).
+  or the shared test layout (with naming='crema_d': a CREMA-D folder, VideoFlash/ and AudioWAV/);
+  `audio_root` a separate folder with the audio files (searched as well).
   Symlinked files and folders are followed. Clips whose cache file exists with the same settings and the
   same input files (size and mtime) are not recomputed. `workers` spawned processes with one torch thread
   each; 0 runs in this process. Bad inputs never stop the run; each is in report['skipped'] as
