@@ -148,7 +148,8 @@ class Materials:
 
   @property
   def truncated_wav(self):  # a wav cut inside its header: soundfile fails, then librosa's audioread fallback
-    return self._made("cut.wav", lambda p: p.write_bytes(self.tone_wav.read_bytes()[:30]))
+    # Not cut.wav: predict pairs cut.mp4 with an audio file of its name beside it, as a folder does.
+    return self._made("cut_header.wav", lambda p: p.write_bytes(self.tone_wav.read_bytes()[:30]))
 
 
 def _smoke(*flags):
