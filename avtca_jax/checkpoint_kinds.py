@@ -8,8 +8,10 @@
   checkpoint                strict conversion (weights_only load, every key used or named as ignored)
 
 `load(path)` gives a `LoadedModel`: the model's config (for a workdir the run's own; for a converted or
-PyTorch checkpoint the original's input contract: 224 px BGR frames in [0, 1], raw MFCCs), its variables
-as host numpy arrays, and `forward()`, the pure function from raw inputs (MFCC, uint8 RGB crops) to logits
+PyTorch checkpoint the original's input contract: 224 px BGR frames in [0, 1], raw MFCCs), the names of its
+classes in label order (`class_names`: a workdir's model.json, written by the trainer from the run's dataset;
+for a workdir written before that, the dataset its config names; else RAVDESS's, the original's dataset),
+its variables as host numpy arrays, and `forward()`, the pure function from raw inputs (MFCC, uint8 RGB crops) to logits
 that prediction runs and `export` serialises. Nothing here imports TensorFlow.
 """
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import ml_collections
 import numpy as np
@@ -41,6 +43,7 @@ class LoadedModel:
   variables: Dict[str, Any]  # {'params', 'batch_stats'}, numpy
   step: Optional[int] = None
   workdir: Optional[str] = None
+  class_names: Tuple[str, ...] = ()  # label order; set by `load` (see `class_names_of`)
 
   @property
   def audio_only(self) -> bool:
@@ -229,6 +232,32 @@ def _load_pytorch(path: str) -> LoadedModel:
   return LoadedModel("pytorch", path, path, original_config(fusion, num_classes), variables)
 
 
+def fallback_class_names(num_classes: int) -> Tuple[str, ...]:
+  """RAVDESS's names (the original's dataset) for a model that carries none; numbered past its eight."""
+  from avtca_jax.preprocessing.names import EMOTIONS
+  if num_classes <= len(EMOTIONS):
+    return tuple(EMOTIONS[:num_classes])
+  return tuple(f"class_{i}" for i in range(num_classes))
+
+
+def _valid_names(names: Optional[Sequence], num_classes: int) -> Optional[Tuple[str, ...]]:
+  if not isinstance(names, (list, tuple)) or len(names) != num_classes or len(set(map(str, names))) != num_classes:
+    return None
+  return tuple(str(n) for n in names)
+
+
+def class_names_of(config, workdir: Optional[str] = None) -> Tuple[str, ...]:
+  """The model's class names in label order: the workdir's model.json (the trainer writes them), else the
+  dataset `config.data.name` names (registered, or a built folder's stored names), else RAVDESS's."""
+  from avtca_jax import checkpointing
+  n = int(config.num_classes)
+  if workdir is not None:
+    stored = _valid_names(checkpointing.read_model_json(workdir).get("class_names"), n)
+    if stored is not None:
+      return stored
+  return checkpointing.dataset_class_names(config) or fallback_class_names(n)
+
+
 def _absolute(path) -> str:
   from avtca_jax import checkpointing
   return str(checkpointing.absolute(path))  # gs://... as given, local paths made absolute
@@ -236,7 +265,12 @@ def _absolute(path) -> str:
 
 def load(path: str) -> LoadedModel:
   """Any checkpoint kind of the module docstring; CheckpointError/FileNotFoundError name the path."""
-  path = os.fspath(path)
+  loaded = _load(os.fspath(path))
+  loaded.class_names = class_names_of(loaded.config, loaded.workdir)
+  return loaded
+
+
+def _load(path: str) -> LoadedModel:
   p = epath.Path(path)
   workdir = p.parent.parent  # WORKDIR/checkpoints/STEP or WORKDIR/best/STEP
   in_workdir = p.parent.name in ("checkpoints", "best") and (workdir / "config.json").exists()

@@ -4,7 +4,8 @@ Layout in the workdir:
   checkpoints/<step>/{state,meta}   the latest N: TrainState + JSON (step, epoch, position, model)
   best/<step>/{state,meta}          the one with the highest validation accuracy
   checkpoints/<step>.damaged/       a checkpoint that did not restore on resume, set aside (never deleted)
-  model.json                        what the run trains (model, fusion, shapes)
+  model.json                        what the run trains (model, fusion, shapes) and the names of its
+                                    classes (predict, evaluate and export read them)
   mfcc_normalization.json           the MFCC statistics of an audio run normalised with them (predict
                                     applies them to new clips)
   config.json, fingerprint.json     the whole resolved config and the sha256 of its run identity (all
@@ -56,10 +57,54 @@ def absolute(path: Union[str, epath.Path]) -> epath.Path:
 
 
 def model_descriptor(config) -> Dict[str, Any]:
+  """What the checkpoints hold (the model's identity; compared when a workdir is resumed)."""
   out = {k: config[k] for k in MODEL_KEYS}
   if config.model == "audio":  # its parameters do not depend on the video settings
     out = {"model": "audio", "num_classes": config.num_classes}
   return out
+
+
+def dataset_class_names(config) -> Optional[Tuple[str, ...]]:
+  """The class names (in label order) of the dataset `config.data.name` names, when they can be known without
+  TensorFlow: a registered dataset's (avtca_jax.datasets), or those a built dataset folder stores (a manifest
+  dataset: its metadata.json's 'dataset' classes, else tfds's label.labels.txt). None when neither is at
+  hand or their count is not config.num_classes."""
+  from avtca_jax import datasets
+  name = str(config.data.get("name", "") or "")
+  names = None
+  try:
+    names = tuple(datasets.get(name).class_names) if name else None
+  except KeyError:
+    folder = epath.Path(name)
+    try:
+      names = tuple(json.loads((folder / "metadata.json").read_text())["dataset"]["classes"])
+    except (OSError, ValueError, KeyError, TypeError):
+      try:
+        names = tuple(line.strip() for line in (folder / "label.labels.txt").read_text().splitlines()
+                      if line.strip())
+      except (OSError, ValueError):
+        names = None
+  if not names or len(names) != config.num_classes:
+    return None
+  return tuple(str(n) for n in names)
+
+
+def model_description(config) -> Dict[str, Any]:
+  """model.json: the model descriptor plus, when known, the class names of the run's dataset ('class_names'),
+  so predict, evaluate and export name the classes without the dataset."""
+  out = dict(model_descriptor(config))
+  names = dataset_class_names(config)
+  if names is not None:
+    out["class_names"] = list(names)
+  return out
+
+
+def read_model_json(workdir: str) -> Dict[str, Any]:
+  """The workdir's model.json ({} when it has none or it is unreadable)."""
+  try:
+    return json.loads((epath.Path(workdir) / "model.json").read_text())
+  except (OSError, ValueError):
+    return {}
 
 
 def flatten(tree, prefix: str = "", lists_as_tuples: bool = False) -> Dict[str, Any]:
@@ -123,6 +168,7 @@ def check_workdir(workdir: str, config, allow_change: bool = False) -> bool:
   if not model_path.exists():
     return False
   stored = json.loads(model_path.read_text())
+  stored.pop("class_names", None)  # a description, not part of what the checkpoints hold
   wanted = model_descriptor(config)
   if stored != wanted:
     raise CheckpointMismatchError(
@@ -144,7 +190,7 @@ def write_config(workdir: str, config):
 
 def write_model_json(workdir: str, config):
   if jax.process_index() == 0:
-    (epath.Path(workdir) / "model.json").write_text(json.dumps(model_descriptor(config), indent=1))
+    (epath.Path(workdir) / "model.json").write_text(json.dumps(model_description(config), indent=1))
 
 
 def write_normalization(workdir: str, source):

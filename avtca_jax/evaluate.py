@@ -155,6 +155,9 @@ def evaluate(workdir: Optional[str] = None, checkpoint: Optional[str] = None, sp
     raise ValueError(f"the {split!r} split of protocol {config.data.protocol} is empty in this dataset")
   predict_step = steps_lib.build(config, mesh).predict_step
   state = _replicated_state(loaded.variables, loaded.step, mesh)
+  # The model's classes (model.json), or those of the dataset a --config names for a converted checkpoint.
+  class_names = list((checkpointing.dataset_class_names(config) if data_config is not None else None)
+                     or loaded.class_names)
   step = int(np.asarray(state.step))
 
   results = {}
@@ -166,16 +169,16 @@ def evaluate(workdir: Optional[str] = None, checkpoint: Optional[str] = None, sp
     matrix = metrics_lib.confusion_matrix(labels, np.argmax(logits, 1), config.num_classes)
     stats = metrics_lib.per_class(matrix)
     result.update(checkpoint=checkpoint, step=step, split=split, protocol=config.data.protocol, mode=mode,
-                  confusion_matrix=matrix.tolist(),
+                  confusion_matrix=matrix.tolist(), class_names=class_names,
                   per_class={name: {k: (None if np.isnan(v[i]) else float(v[i])) for k, v in stats.items()}
-                             for i, name in enumerate(metrics_lib.EMOTIONS[:config.num_classes])})
+                             for i, name in enumerate(class_names)})
     results[mode] = result
     if jax.process_index() == 0:
       stem = f"{split}_{mode}"
       (output_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
-      (output_dir / f"{stem}_report.txt").write_text(metrics_lib.report(matrix) + "\n")
+      (output_dir / f"{stem}_report.txt").write_text(metrics_lib.report(matrix, class_names) + "\n")
       metrics_lib.plot_confusion_matrix(
-          matrix, output_dir / f"{stem}_confusion.png",
+          matrix, output_dir / f"{stem}_confusion.png", class_names,
           title=f"{config.data.protocol} {split}, {mode} (step {step}): acc {result['accuracy']:.3f}")
   if jax.process_index() == 0:
     summary = {mode: {k: r[k] for k in ("accuracy", "uar", "macro_f1", "loss", "count")} for mode, r in results.items()}
@@ -223,7 +226,7 @@ def main(argv):
   print(f"{FLAGS.split} split, checkpoint {first['checkpoint']} (step {first['step']})")
   print(format_results(results))
   print()
-  print(metrics_lib.report(np.asarray(results["both"]["confusion_matrix"])))
+  print(metrics_lib.report(np.asarray(results["both"]["confusion_matrix"]), results["both"]["class_names"]))
   print(f"\nwritten to {FLAGS.output_dir or epath.Path(first['checkpoint']).parent.parent / 'eval'}")
 
 

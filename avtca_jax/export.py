@@ -5,7 +5,8 @@ checkpoint, the original's .pth). DIR receives
   model.jaxexport   `jax.export` serialisation (StableHLO with the weights as constants) of
                     f(mfcc (B, 156, 10) float32, frames (B, 15, 224, 224, 3) uint8 RGB) -> logits (B, C)
                     (audio-only models: f(mfcc)); B is symbolic, any batch size works
-  export.json       classes, input contract, source checkpoint, platforms, warnings
+  export.json       classes (the model's class names, in label order: logit i is classes[i]), input
+                    contract, source checkpoint, platforms, warnings
 Everything after preprocessing is inside: the run's MFCC normalisation, channel order, the resize to the
 model's input size, the model. Inputs are what avtca_jax.preprocessing produces (raw MFCCs at 22050 Hz,
 MTCNN face crops); `python -m avtca_jax.predict DIR clip.mp4` runs an export on a clip.
@@ -67,13 +68,12 @@ def export_model(loaded, platforms: Sequence[str] = DEFAULT_PLATFORMS):
 def save(directory: str, loaded, exported) -> Dict[str, Any]:
   """Write DIR/model.jaxexport and DIR/export.json; returns the info."""
   from etils import epath
-  from avtca_jax.preprocessing.names import EMOTIONS
   out = epath.Path(directory)
   out.mkdir(parents=True, exist_ok=True)
   out.joinpath(MODEL_FILE).write_bytes(bytes(exported.serialize()))
   import jax
   info = dict(
-      format=FORMAT, classes=list(EMOTIONS[:loaded.config.num_classes]), audio_only=loaded.audio_only,
+      format=FORMAT, classes=list(loaded.class_names), audio_only=loaded.audio_only,
       inputs=({"mfcc": "float32 (B, 156, 10): raw MFCCs of avtca_jax.preprocessing.audio (22050 Hz, 3.6 s)"} |
               ({} if loaded.audio_only else
                {"frames": "uint8 (B, 15, 224, 224, 3): RGB MTCNN face crops of avtca_jax.preprocessing"})),
@@ -108,7 +108,8 @@ class ExportedModel:
       raise ValueError(f"{directory} was exported for {self.exported.platforms}, this machine runs {platform}: "
                        f"export again with --platforms={platform}")
     self.audio_only = bool(self.info["audio_only"])
-    self.num_classes = len(self.info["classes"])
+    self.class_names = tuple(str(c) for c in self.info["classes"])  # label order
+    self.num_classes = len(self.class_names)
     self.warnings: List[str] = list(self.info.get("warnings", []))
     self._call = jax.jit(self.exported.call)
 

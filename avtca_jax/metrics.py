@@ -12,7 +12,11 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from avtca_jax.preprocessing.names import EMOTIONS  # class names, in label order
+
+def _names(matrix: np.ndarray, class_names: Optional[Sequence[str]]) -> list:
+  """The given class names (label order; the model's, e.g. checkpoint_kinds.LoadedModel.class_names), else
+  'class 0', 'class 1', ..."""
+  return list(class_names) if class_names is not None else [f"class {i}" for i in range(len(matrix))]
 
 
 def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
@@ -71,7 +75,7 @@ def classification_metrics(logits, labels, num_classes: int) -> Dict[str, float]
 def report(matrix: np.ndarray, class_names: Optional[Sequence[str]] = None) -> str:
   """A per-class text table (precision, recall, F1, support) plus accuracy, UAR and macro-F1."""
   matrix = np.asarray(matrix)
-  names = list(class_names or EMOTIONS[:len(matrix)])
+  names = _names(matrix, class_names)
   stats = per_class(matrix)
   width = max(len(n) for n in names + ["macro avg"])
   lines = [f"{'':{width}}  precision  recall      f1  support"]
@@ -96,7 +100,7 @@ def plot_confusion_matrix(matrix: np.ndarray, path: str, class_names: Optional[S
   import matplotlib.pyplot as plt
 
   matrix = np.asarray(matrix)
-  names = list(class_names or EMOTIONS[:len(matrix)])
+  names = _names(matrix, class_names)
   rows = matrix.sum(axis=1, keepdims=True)
   normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape, float), where=rows > 0)
   fig, ax = plt.subplots(figsize=(6.5, 5.5))

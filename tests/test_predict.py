@@ -1,15 +1,22 @@
-"""`python -m avtca_jax.predict` on real clips: any file name, a folder, the original's .pth, a silent video.
+"""`python -m avtca_jax.predict` on real clips: any file name, a folder, the original's .pth, a silent video,
+CREMA-D's flv files with a CREMA-D model, a digitally silent soundtrack, a 5-frame clip, and one file paired
+with the audio file beside it exactly as in a folder.
 
 The real clips are ../shared/data/ravdess/video_actor05 (14 takes of Actor 05) and video_other (one of
-Actor 01). The workdir model is an untrained 32 px one (prediction does not need a good model, only the
-real path from a clip to probabilities); the .pth test runs the real 224 px architecture and checks the
-probabilities against the PyTorch original's own forward pass on the same inputs.
+Actor 01), and ../shared/data/crema_d/VideoFlash (actor 1001's six clips: FLV, On2 VP6 video, MP3 audio).
+The workdir models are untrained 32 px ones (prediction does not need a good model, only the real path from
+a clip to probabilities): RAVDESS's 8 classes (conftest), and CREMA-D's 6 (`crema_d_workdir` here, a run
+whose config names the crema_d dataset, so model.json carries its class names); the .pth test runs the real
+224 px architecture and checks the probabilities against the PyTorch original's own forward pass on the
+same inputs. A RAVDESS video-only (02) clip carries a soundtrack of digital silence; none is among the shared
+clips, so `write_with_silent_track` makes one (a real clip's frames with an AAC track of zeros).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -21,6 +28,28 @@ SHARED = ROOT.parent / "shared" / "data" / "ravdess"
 ACTOR05 = SHARED / "video_actor05"
 ODD_CLIP = SHARED / "video_other" / "01-01-07-02-02-01-01_1.mp4"
 needs_clips = pytest.mark.skipif(not ACTOR05.is_dir(), reason=f"real RAVDESS clips not found at {ACTOR05}")
+CREMA_D_FLASH = ROOT.parent / "shared" / "data" / "crema_d" / "VideoFlash"
+CREMA_D_CLIP = CREMA_D_FLASH / "1001_DFA_ANG_XX.flv"
+CREMA_D_CLASSES = ("anger", "disgust", "fear", "happy", "neutral", "sad")
+needs_crema_d = pytest.mark.skipif(not CREMA_D_CLIP.is_file(), reason=f"CREMA-D clips not found at {CREMA_D_FLASH}")
+_WORKDIRS = {}
+
+
+def crema_d_workdir(tmp_path_factory) -> Path:
+  """An untrained 32 px AVT-CA run whose config names CREMA-D (6 classes), made once per session (test_export
+  and test_checkpoint_kinds use it too): model.json carries CREMA-D's class names, as the trainer writes them."""
+  if "crema_d" not in _WORKDIRS:
+    from avtca_jax import datasets
+    from test_evaluate import _config, write_untrained_workdir
+    config = _config(**{"data.source": "synthetic", "data.num_examples": 16, "image_size": 32,
+                        "data.name": "crema_d", "num_classes": datasets.CREMA_D.num_classes})
+    _WORKDIRS["crema_d"] = write_untrained_workdir(tmp_path_factory.mktemp("crema_d_model"), config)
+  return _WORKDIRS["crema_d"]
+
+
+@pytest.fixture
+def crema_d_model(tmp_path_factory):
+  return crema_d_workdir(tmp_path_factory)
 # Actor 05's 14 videos by emotion (../shared/data/ravdess/README.md).
 ACTOR05_EMOTIONS = {"neutral": 1, "happy": 1, "sad": 5, "fearful": 6, "surprised": 1}
 
@@ -169,3 +198,161 @@ def test_find_inputs_pairs_audio_by_name_and_by_take(tmp_path):
   empty.mkdir()
   with pytest.raises(FileNotFoundError, match="no video files in this folder"):
     predict.find_inputs(str(empty), None, audio_only=False)
+
+
+def write_with_silent_track(source: Path, target: Path, scale: float = 0.5, max_frames: int = 0) -> None:
+  """The frames of `source` (the first `max_frames` when given), scaled and re-encoded, with a soundtrack of
+  digital silence (AAC, every decoded sample 0.0) as long as the video, like RAVDESS's video-only 02 files."""
+  import av
+  import cv2
+  with av.open(str(source)) as reader, av.open(str(target), "w") as writer:
+    video_in = reader.streams.video[0]
+    rate = video_in.average_rate
+    video = writer.add_stream("mpeg4", rate=rate)
+    video.width = int(video_in.codec_context.width * scale) // 2 * 2
+    video.height = int(video_in.codec_context.height * scale) // 2 * 2
+    video.pix_fmt = "yuv420p"
+    audio = writer.add_stream("aac", rate=48000, layout="mono")
+    frames = 0
+    for frame in reader.decode(video_in):
+      image = cv2.resize(frame.to_ndarray(format="rgb24"), (video.width, video.height), interpolation=cv2.INTER_AREA)
+      writer.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+      frames += 1
+      if frames == max_frames:
+        break
+    writer.mux(video.encode(None))
+    for start in range(0, int(48000 * frames / float(rate)) + 1, 1024):
+      silence = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+      silence.sample_rate, silence.pts = 48000, start
+      writer.mux(audio.encode(silence))
+    writer.mux(audio.encode(None))
+
+
+def test_find_inputs_probes_the_file_not_its_name(tmp_path):
+  """What a file is comes from its content: an flv (and an flv under an unknown suffix) is a video, a flac
+  under an unknown suffix an audio file; text and a still image are neither. A single file takes the audio
+  file of its name beside it, as a folder does."""
+  import cv2
+  from avtca_jax import predict
+  flv = CREMA_D_CLIP if CREMA_D_CLIP.is_file() else None
+  if flv is None:
+    pytest.skip(f"CREMA-D clips not found at {CREMA_D_FLASH}")
+  folder = tmp_path / "mixed"
+  folder.mkdir()
+  shutil.copyfile(flv, folder / "1001_DFA_ANG_XX.flv")
+  shutil.copyfile(flv, folder / "renamed.video")
+  shutil.copyfile(SHARED / "audio_speech_48k_actor05" / "03-01-03-01-01-02-05.flac", folder / "renamed.sound")
+  (folder / "notes.txt").write_text("my clips\n")
+  cv2.imwrite(str(folder / "face.png"), np.full((64, 64, 3), 128, np.uint8))
+  assert predict.probe(str(folder / "renamed.video")) == "video"
+  assert predict.probe(str(folder / "renamed.sound")) == "audio"
+  assert predict.probe(str(folder / "notes.txt")) is None and predict.probe(str(folder / "face.png")) is None
+  pairs = predict.find_inputs(str(folder), None, audio_only=False)
+  assert [(Path(c).name, a and Path(a).name) for c, a in pairs] == [("1001_DFA_ANG_XX.flv", None),
+                                                                   ("renamed.video", "renamed.sound")]
+  assert predict.find_inputs(str(folder / "1001_DFA_ANG_XX.flv"), None, audio_only=False) == [
+      (str(folder / "1001_DFA_ANG_XX.flv"), None)]
+  # One file: the same partner as in the folder (by name, whatever the audio file's suffix).
+  assert predict.find_inputs(str(folder / "renamed.video"), None, audio_only=False) == [
+      (str(folder / "renamed.video"), str(folder / "renamed.sound"))]
+  with pytest.raises(ValueError, match="not a video or audio file"):
+    predict.find_inputs(str(folder / "notes.txt"), None, audio_only=False)
+  with pytest.raises(ValueError, match="is an audio file but the model needs the video"):
+    predict.find_inputs(str(folder / "renamed.sound"), None, audio_only=False)
+  # Named files pair the same way alone as in a folder: x.mp4 + x.wav, a RAVDESS video + its take's 03 file.
+  for name in ("x.mp4", "x.wav", "01-01-05-01-01-01-05.mp4", "03-01-05-01-01-01-05.flac", "alone.mp4"):
+    (tmp_path / name).write_bytes(b"")
+  in_folder = dict(predict.find_inputs(str(tmp_path), None, audio_only=False))
+  for name in ("x.mp4", "01-01-05-01-01-01-05.mp4", "alone.mp4"):
+    assert predict.find_inputs(str(tmp_path / name), None, audio_only=False) == [
+        (str(tmp_path / name), in_folder[str(tmp_path / name)])]
+
+
+@needs_crema_d
+@pytest.mark.slow
+def test_predict_crema_d_flv_and_a_folder_of_them(crema_d_model, tmp_path, capsys):
+  """CREMA-D's own files (FLV, VP6, MP3) with a CREMA-D model: its six class names, the label from the name,
+  the soundtrack named as the audio used; a folder of the six gives the same probabilities for the same clip."""
+  pytest.importorskip("facenet_pytorch")
+  from avtca_jax import predict
+  assert predict.main([str(crema_d_model), str(CREMA_D_CLIP)]) == 0
+  first, *rest = capsys.readouterr().out.strip().splitlines()
+  assert first.startswith("1001_DFA_ANG_XX.flv: ") and first.split(": ")[1].split(" ")[0] in CREMA_D_CLASSES
+  assert first.endswith("; label anger; audio: the video's soundtrack")
+  assert [line.split()[0] for line in rest] == list(CREMA_D_CLASSES)
+  single = dict((line.split()[0], float(line.split()[1])) for line in rest)
+  assert sum(single.values()) == pytest.approx(1.0, abs=1e-3)
+
+  folder = tmp_path / "VideoFlash"
+  folder.mkdir()
+  for clip in sorted(CREMA_D_FLASH.glob("*.flv")):
+    (folder / clip.name).symlink_to(clip)
+  (folder / "notes.txt").write_text("not a clip\n")
+  output = tmp_path / "predictions.csv"
+  assert predict.main([str(crema_d_model), str(folder), "--output", str(output)]) == 0
+  out = capsys.readouterr().out
+  assert "6 of 6 clips predicted" in out and "clips with a CREMA-D label)" in out
+  with open(output, newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["label"] for r in rows] == list(CREMA_D_CLASSES)
+  for r in rows:
+    p = [float(r[f"p_{c}"]) for c in CREMA_D_CLASSES]
+    assert r["predicted"] == CREMA_D_CLASSES[int(np.argmax(p))] and r["audio_used"] == "the video's soundtrack"
+  np.testing.assert_allclose([float(rows[0][f"p_{c}"]) for c in CREMA_D_CLASSES],
+                             [single[c] for c in CREMA_D_CLASSES], atol=1e-4)
+
+
+@needs_clips
+@pytest.mark.slow
+def test_silent_soundtrack_warns_and_the_audio_beside_a_single_file_is_used_as_in_a_folder(small_workdir, tmp_path,
+                                                                                          capsys):
+  """A RAVDESS video-only (02) file's soundtrack is digital silence: predicted with a warning that says so.
+  The same video beside an audio file of its name: one file and its folder take that audio, without the
+  warning, and give the same answer."""
+  pytest.importorskip("facenet_pytorch")
+  from avtca_jax import predict
+  video_only = tmp_path / "02-01-03-01-01-02-05.mp4"
+  write_with_silent_track(ACTOR05 / "01-01-03-01-01-02-05.mp4", video_only)
+  assert predict.main([str(small_workdir), str(video_only)]) == 0
+  captured = capsys.readouterr()
+  assert captured.out.startswith("02-01-03-01-01-02-05.mp4: ")
+  assert captured.out.splitlines()[0].endswith("; label happy; audio: the video's soundtrack")
+  assert f"warning: {video_only}: its soundtrack is digital silence (every sample 0" in captured.err
+
+  folder = tmp_path / "mine"
+  folder.mkdir()
+  shutil.copyfile(video_only, folder / "my_clip.mp4")
+  shutil.copyfile(SHARED / "audio_speech_48k_actor05" / "03-01-03-01-01-02-05.flac", folder / "my_clip.flac")
+  results = {}
+  for what, target in (("file", folder / "my_clip.mp4"), ("folder", folder)):
+    output = tmp_path / f"{what}.json"
+    assert predict.main([str(small_workdir), str(target), "--output", str(output)]) == 0
+    captured = capsys.readouterr()
+    assert "my_clip.mp4: " in captured.out and "; audio: my_clip.flac" in captured.out
+    assert "digital silence" not in captured.err
+    results[what] = json.loads(output.read_text())
+  assert results["file"] == results["folder"]
+  assert results["file"][0]["audio"] == str(folder / "my_clip.flac") and results["file"][0]["warnings"] == []
+
+
+@needs_clips
+@pytest.mark.slow
+def test_a_clip_shorter_than_the_frames_the_model_samples_warns(small_workdir, tmp_path, capsys):
+  """A 5-frame video (with its audio file beside it): predicted, with a warning that its 5 frames stand in for
+  the 15 the model samples."""
+  pytest.importorskip("facenet_pytorch")
+  from avtca_jax import predict
+  clip = tmp_path / "short.mp4"
+  write_with_silent_track(ACTOR05 / "01-01-03-01-01-02-05.mp4", clip, max_frames=5)
+  shutil.copyfile(SHARED / "audio_speech_48k_actor05" / "03-01-03-01-01-02-05.flac", tmp_path / "short.flac")
+  output = tmp_path / "short.json"
+  assert predict.main([str(small_workdir), str(clip), "--output", str(output)]) == 0
+  captured = capsys.readouterr()
+  assert captured.out.splitlines()[0].startswith("short.mp4: ") and "; audio: short.flac" in captured.out
+  # The 15 sample times spread over the 3.6 s window; the 0.17 s of video hold only the first (and the
+  # last frame stands in for the rest).
+  assert re.search(f"warning: {re.escape(str(clip))}: the video has 5 frames, fewer than the 15 the model "
+                   "samples: they are repeated, so it sees [1-5] distinct frames", captured.err)
+  assert "digital silence" not in captured.err
+  row, = json.loads(output.read_text())
+  assert len(row["warnings"]) == 1 and "has 5 frames" in row["warnings"][0]
