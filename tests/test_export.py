@@ -3,6 +3,7 @@ it needs neither flax, orbax nor TensorFlow, and the packages docs/export.md nam
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -48,6 +49,7 @@ def test_export_gives_the_trained_models_logits_on_real_clips(small_avtca_workdi
   from avtca_jax import export, predict
   info = json.loads((exported / "export.json").read_text())
   assert info["platforms"] == ["cpu", "cuda", "tpu"] and info["kind"] == "workdir" and not info["audio_only"]
+  assert info["classes"] == list(predict.EMOTIONS)  # a RAVDESS run: model.json's names, RAVDESS's eight
   assert any("generated data" in w for w in info["warnings"])
   features = [predict.features(str(ACTOR05 / name), None, audio_only=False) for name in CLIPS]
   mfcc = np.stack([m for m, _ in features]).astype(np.float32)  # (2, 156, 10)
@@ -88,10 +90,33 @@ def test_audio_only_export_round_trip(tmp_path):
   export.save(str(tmp_path / "exported"), loaded, exported)
   reloaded = export.load(str(tmp_path / "exported"))
   assert reloaded.audio_only and reloaded.num_classes == 8
+  assert reloaded.class_names == loaded.class_names == ("neutral", "calm", "happy", "sad", "angry", "fearful",
+                                                        "disgust", "surprised")
   mfcc = np.random.default_rng(0).normal(size=(3, 156, 10)).astype(np.float32) * 50
   import jax
   expected = np.asarray(jax.jit(loaded.forward())(mfcc))
   np.testing.assert_allclose(reloaded.logits(mfcc), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_export_json_lists_the_models_classes(tmp_path_factory, tmp_path, capsys):
+  """A CREMA-D run exports with CREMA-D's six classes in export.json (label order: logit i is classes[i]),
+  and predict on the export names them for CREMA-D's own flv."""
+  from avtca_jax import export, predict
+  from test_predict import CREMA_D_CLASSES, CREMA_D_CLIP, crema_d_workdir
+  out = tmp_path / "crema_d_export"
+  assert export.main([str(crema_d_workdir(tmp_path_factory)), "--output", str(out), "--platforms", "cpu"]) == 0
+  assert "6 classes" in capsys.readouterr().out
+  info = json.loads((out / "export.json").read_text())
+  assert info["classes"] == list(CREMA_D_CLASSES)
+  reloaded = export.load(str(out))
+  assert reloaded.class_names == CREMA_D_CLASSES and reloaded.num_classes == 6
+  if not CREMA_D_CLIP.is_file() or importlib.util.find_spec("facenet_pytorch") is None:
+    return
+  assert predict.main([str(out), str(CREMA_D_CLIP)]) == 0
+  first, *rest = capsys.readouterr().out.strip().splitlines()
+  assert first.startswith("1001_DFA_ANG_XX.flv: ") and "; label anger; audio: the video's soundtrack" in first
+  assert [line.split()[0] for line in rest] == list(CREMA_D_CLASSES)
 
 
 # ---- The consumer's environment ------------------------------------------------------------------------
