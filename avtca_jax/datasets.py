@@ -35,7 +35,7 @@ class Dataset:
 
   name: str  # the tfds builder name (config.data.name)
   class_names: Tuple[str, ...]
-  groups: Tuple[int, ...]  # speaker ids
+  groups: Tuple  # speaker ids (ints, or names for a dataset whose grouping key is a name)
   split_format: str  # stored split of a speaker, e.g. 'actor{:02d}'
   folds: Optional[Tuple[Tuple[int, ...], ...]] = None
   package: str = ""  # the builder package under data/ (avtca_jax.<package>_tfds in a wheel)
@@ -68,9 +68,13 @@ class Dataset:
                        f"{RANDOM_PROTOCOL} or inner_<protocol>_<1..{splits.INNER_FOLDS}>")
     return splits.table_parts(self.folds, int(protocol[len("fold"):]))
 
-  def group_split(self, group: int) -> str:
-    """The stored split of one speaker ('actor05', 'actor1001')."""
-    return self.split_format.format(int(group))
+  def group_split(self, group) -> str:
+    """The stored split of one speaker ('actor05', 'actor1001'); a group may be an int or a name."""
+    try:
+      group = int(group)
+    except (TypeError, ValueError):  # a grouping key that is a name (a manifest's speaker)
+      pass
+    return self.split_format.format(group)
 
   def protocol_split_names(self) -> List[str]:
     """Every protocol split name `resolve_split` understands."""
@@ -114,7 +118,7 @@ class Dataset:
       return splits.assign_split(protocol, groups)
     if protocol == RANDOM_PROTOCOL:
       return splits.paper_random(len(groups))
-    outside = sorted({int(g) for g in groups} - set(self.groups))
+    outside = sorted({g.item() if hasattr(g, "item") else g for g in groups} - set(self.groups), key=str)
     if outside:
       raise ValueError(f"speaker ids not in {self.name}: {outside[:10]}")
     return splits.assign_parts(self.parts(protocol), groups)
