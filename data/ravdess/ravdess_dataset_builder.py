@@ -53,7 +53,9 @@ BUILDER_CONFIGS = [
     RavdessConfig(name="av", description="Audio-video (01) speech clips only; 224 px face crops, JPEG frames."),
     RavdessConfig(name="av_with_video_only", include_video_only=True,
                   description="Also the video-only (02) copies, as the original code used (each utterance twice)."),
-    RavdessConfig(name="generated", source="generated", image_size=64, clips_per_class=2,
+    RavdessConfig(name="generated", source="generated", image_size=64, clips_per_class=2, version="1.1.0",
+                  release_notes={"1.1.0": "A class-dependent noise band in the audio (avtca_jax.synthetic), the "
+                                           "generator of the in-memory synthetic source too."},
                   description="Synthetic, learnable stand-in (24 actors x 8 classes x 2 clips, 64 px); "
                               "no download needed."),
 ]
