@@ -89,7 +89,7 @@ def test_class_names_from_model_json_the_dataset_or_ravdess(small_avtca_workdir,
   assert json.loads((small_avtca_workdir / "model.json").read_text())["class_names"] == list(RAVDESS_CLASSES)
   assert checkpoint_kinds.load(str(small_avtca_workdir)).class_names == RAVDESS_CLASSES
   crema_d = crema_d_workdir(tmp_path_factory)
-  assert checkpoint_kinds.load(str(crema_d / "checkpoints" / "0")).class_names == CREMA_D_CLASSES
+  assert checkpoint_kinds.load(checkpointing.checkpoint_dir(str(crema_d))).class_names == CREMA_D_CLASSES
 
   old = tmp_path / "old"  # written before model.json had class names
   shutil.copytree(crema_d, old)

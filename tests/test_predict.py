@@ -4,20 +4,24 @@ with the audio file beside it exactly as in a folder.
 
 The real clips are ../shared/data/ravdess/video_actor05 (14 takes of Actor 05) and video_other (one of
 Actor 01), and ../shared/data/crema_d/VideoFlash (actor 1001's six clips: FLV, On2 VP6 video, MP3 audio).
-The workdir models are untrained 32 px ones (prediction does not need a good model, only the real path from
-a clip to probabilities): RAVDESS's 8 classes (conftest), and CREMA-D's 6 (`crema_d_workdir` here, a run
-whose config names the crema_d dataset, so model.json carries its class names); the .pth test runs the real
-224 px architecture and checks the probabilities against the PyTorch original's own forward pass on the
-same inputs. A RAVDESS video-only (02) clip carries a soundtrack of digital silence; none is among the shared
-clips, so `write_with_silent_track` makes one (a real clip's frames with an AAC track of zeros).
+The workdir models are 32 px ones trained for at most two steps (prediction does not need a good model, only
+the real path from a clip to probabilities): an untrained one with RAVDESS's 8 classes (conftest), and
+CREMA-D's 6 (`crema_d_workdir` here: `configs/crema_d.py:smoke` through the trainer, whose model.json then
+carries CREMA-D's class names); the .pth test runs the real 224 px architecture and checks the probabilities
+against the PyTorch original's own forward pass on the same inputs. A RAVDESS video-only (02) clip carries a
+soundtrack of digital silence; none is among the shared clips, so `write_with_silent_track` makes one (a real
+clip's frames with an AAC track of zeros).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +40,18 @@ _WORKDIRS = {}
 
 
 def crema_d_workdir(tmp_path_factory) -> Path:
-  """An untrained 32 px AVT-CA run whose config names CREMA-D (6 classes), made once per session (test_export
-  and test_checkpoint_kinds use it too): model.json carries CREMA-D's class names, as the trainer writes them."""
+  """A CREMA-D model as a user makes one offline: `python -m avtca_jax.train --config=configs/crema_d.py:smoke`
+  (two steps at 32 px on generated CREMA-D-named clips, 6 classes), made once per session (test_export and
+  test_checkpoint_kinds use it too). The trainer writes CREMA-D's class names into its model.json."""
   if "crema_d" not in _WORKDIRS:
-    from avtca_jax import datasets
-    from test_evaluate import _config, write_untrained_workdir
-    config = _config(**{"data.source": "synthetic", "data.num_examples": 16, "image_size": 32,
-                        "data.name": "crema_d", "num_classes": datasets.CREMA_D.num_classes})
-    _WORKDIRS["crema_d"] = write_untrained_workdir(tmp_path_factory.mktemp("crema_d_model"), config)
+    root = tmp_path_factory.mktemp("crema_d_model")
+    workdir = root / "run"
+    command = [sys.executable, "-m", "avtca_jax.train", "--config=configs/crema_d.py:smoke", f"--workdir={workdir}",
+               f"--config.data.data_dir={root / 'tfds'}", "--config.progress_bar=False"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _WORKDIRS["crema_d"] = workdir
   return _WORKDIRS["crema_d"]
 
 
