@@ -236,15 +236,15 @@ def write_with_silent_track(source: Path, target: Path, scale: float = 0.5, max_
     writer.mux(audio.encode(None))
 
 
+@needs_crema_d
+@needs_clips
 def test_find_inputs_probes_the_file_not_its_name(tmp_path):
   """What a file is comes from its content: an flv (and an flv under an unknown suffix) is a video, a flac
   under an unknown suffix an audio file; text and a still image are neither. A single file takes the audio
   file of its name beside it, as a folder does."""
   import cv2
   from avtca_jax import predict
-  flv = CREMA_D_CLIP if CREMA_D_CLIP.is_file() else None
-  if flv is None:
-    pytest.skip(f"CREMA-D clips not found at {CREMA_D_FLASH}")
+  flv = CREMA_D_CLIP
   folder = tmp_path / "mixed"
   folder.mkdir()
   shutil.copyfile(flv, folder / "1001_DFA_ANG_XX.flv")
