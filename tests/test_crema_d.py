@@ -87,7 +87,7 @@ def test_in_memory_assignment_follows_the_folds():
 def test_num_classes_must_be_the_datasets():
   from avtca_jax import bundled, data_sources
   config = bundled.config_module("crema_d").get_config("smoke")
-  config.data.source = "synthetic"
+  config.data.source, config.data.num_examples = "synthetic", 24
   config.num_classes = 8
   with pytest.raises(data_sources.DataError, match=r"num_classes=8 but dataset 'crema_d' has 6 classes"):
     data_sources.create_source(config)
