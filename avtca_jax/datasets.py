@@ -170,11 +170,18 @@ def of_config(config) -> Dataset:
     return get(name)
   builder = json.loads((folder / "dataset_info.json").read_text()).get("name", "")
   base = REGISTRY.get(builder)
-  labels = folder / "label.labels.txt"
-  names = tuple(labels.read_text().split()) if labels.exists() else (base.class_names if base else ())
+  labels = folder / "label.labels.txt"  # one name per line (a name may hold spaces)
+  names = (tuple(line.strip() for line in labels.read_text().splitlines() if line.strip()) if labels.exists()
+           else (base.class_names if base else ()))
   if base is not None:
     return dataclasses.replace(base, class_names=names)
-  return Dataset(name=builder, class_names=names, groups=(), split_format="actor{}", package=builder)
+  stored = {}  # a manifest's speakers and folds (metadata.json's 'dataset', as `from_info` reads them)
+  if (folder / "metadata.json").exists():
+    stored = dict(json.loads((folder / "metadata.json").read_text()).get("dataset") or {})
+  folds = stored.get("folds")
+  return Dataset(name=builder, class_names=names, groups=tuple(stored.get("groups", ())),
+                 split_format=stored.get("split_format", "actor{}"),
+                 folds=None if folds is None else tuple(tuple(f) for f in folds), package=builder)
 
 
 def from_info(info) -> Dataset:
