@@ -267,6 +267,24 @@ def test_config_finds_the_built_dataset_from_its_folder_the_csv_or_the_environme
     manifest.get_config("smoke")
 
 
+def test_a_built_folder_gives_its_dataset_without_tensorflow(tmp_path):
+  """datasets.of_config (evaluate, predict, export, cross_validation): the classes one per line (a name may
+  hold a space) and the manifest's own speakers and folds."""
+  import ml_collections
+  from avtca_jax import datasets
+  from data.manifest import read_manifest
+  m = read_manifest(write_csv(tmp_path / "clips", grid(classes=("very happy", "sad"))))
+  folder = tmp_path / "built"
+  folder.mkdir()
+  (folder / "dataset_info.json").write_text(json.dumps({"name": "manifest"}))
+  (folder / "label.labels.txt").write_text("very happy\nsad\n")
+  (folder / "metadata.json").write_text(json.dumps({"dataset": m.metadata()}))
+  dataset = datasets.of_config(ml_collections.ConfigDict({"data": {"name": str(folder)}}))
+  assert dataset.class_names == ("very happy", "sad") and dataset.groups == (1, 2, 3, 4)
+  assert dataset.folds == m.folds and dataset.parts("fold2")["test"] == [2]
+  assert dataset.resolve_split("fold1_train") == "speaker3+speaker4"
+
+
 # ---- end to end on real clips ----------------------------------------------------------------------------
 
 needs_clips = pytest.mark.skipif(not (RAVDESS.is_dir() and CREMA_D.is_dir()),
