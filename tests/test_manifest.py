@@ -109,6 +109,23 @@ def test_relative_paths_are_relative_to_the_csv_folder_and_audio_is_optional(tmp
 # ---- bad input: one line naming the row and the fix, before any face detection ----------------------------
 
 
+def test_linked_clips_keep_their_own_names_and_two_links_to_one_file_are_a_duplicate(tmp_path):
+  from data.manifest import read_manifest
+  store = tmp_path / "store"
+  store.mkdir()
+  rows = grid()
+  folder = tmp_path / "clips"
+  for i, (video, _, _) in enumerate(rows):
+    (store / f"{i}.mp4").touch()
+    (folder / video).parent.mkdir(parents=True, exist_ok=True)
+    (folder / video).symlink_to(store / f"{i}.mp4")
+  m = read_manifest(write_csv(folder, rows, files=False))
+  assert m.rows[0].stem == "ann__happy_0" and m.rows[0].video == folder / "ann" / "happy_0.mp4"
+  (folder / "extra.mp4").symlink_to(store / "0.mp4")
+  message = manifest_error(write_csv(folder, rows + [("extra.mp4", "happy", "ann")], files=False))
+  assert "line 10: duplicate row: the video extra.mp4 is already on line 2" in message
+
+
 def test_unknown_label(tmp_path):
   rows = grid()
   rows[2] = (rows[2][0], "hapy", rows[2][2])

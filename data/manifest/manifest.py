@@ -29,6 +29,7 @@ import csv
 import dataclasses
 import difflib
 import hashlib
+import os
 import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -106,7 +107,6 @@ def config_name(manifest) -> str:
 def built_folder(manifest, data_dir=None, name: str = "") -> Path:
   """Where `python -m data.manifest.build --manifest CSV` puts the dataset: <data_dir>/manifest/<name>/<version>
   (data_dir: $TFDS_DATA_DIR or ~/tensorflow_datasets by default)."""
-  import os
   data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
   return Path(data_dir).expanduser().resolve() / DATASET_NAME / (name or config_name(manifest)) / VERSION
 
@@ -249,7 +249,7 @@ def read_manifest(csv_path, labels: str = "", num_folds: int = DEFAULT_NUM_FOLDS
   ids = group_ids(speakers)
 
   rows: List[Row] = []
-  by_video: Dict[Path, int] = {}
+  by_video: Dict[Path, int] = {}  # real path -> line
   stems: Dict[str, int] = {}
   fold_of: Dict[str, Tuple[str, int]] = {}
   for (line, cells), speaker in zip(raw, speakers):
@@ -267,16 +267,17 @@ def read_manifest(csv_path, labels: str = "", num_folds: int = DEFAULT_NUM_FOLDS
         files[column] = None
         continue
       file = Path(value).expanduser()
-      file = (file if file.is_absolute() else folder / file).resolve()
+      file = Path(os.path.abspath(file if file.is_absolute() else folder / file))  # links kept: the stem
       if check_files and not file.is_file():
         raise ManifestError(f"{_where(path, line)}: {column} file {value} not found ({file}): correct the path "
                             "(a relative path is relative to the CSV's folder) or remove the row")
       files[column] = file
     video = files["video"]
-    if video in by_video:
+    real = video.resolve()  # two names of one file (a link) are one clip
+    if real in by_video:
       raise ManifestError(f"{_where(path, line)}: duplicate row: the video {cell(line, cells, 'video')} is "
-                          f"already on line {by_video[video]}: remove one of the two rows")
-    by_video[video] = line
+                          f"already on line {by_video[real]}: remove one of the two rows")
+    by_video[real] = line
     fold = None
     if "fold" in columns:
       fold = cell(line, cells, "fold")
