@@ -64,3 +64,25 @@ def test_readme_links_resolve():
   targets = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text)
   missing = [t for t in targets if "://" not in t and not (ROOT / t).exists()]
   assert not missing, missing
+
+
+# A pointer to a tracker item or to a specification that does not ship: the documents state facts instead.
+TRACKER_REFERENCE = re.compile(r"\b(?:[Ii]ssues? #?\d+|[Ss]pec #?\d+)")
+
+
+def test_no_issue_or_spec_references_in_readme_or_docs():
+  found = []
+  for document in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+    for number, line in enumerate(document.read_text().splitlines(), 1):
+      if TRACKER_REFERENCE.search(line):
+        found.append(f"{document.relative_to(ROOT)}:{number}: {line.strip()}")
+  assert not found, "\n".join(found)
+
+
+def test_docs_links_resolve():
+  missing = []
+  for document in sorted((ROOT / "docs").glob("*.md")):
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", document.read_text()):
+      if "://" not in target and not (document.parent / target).exists():
+        missing.append(f"{document.relative_to(ROOT)}: {target}")
+  assert not missing, missing
