@@ -15,7 +15,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -145,6 +145,15 @@ def _init_worker() -> None:
   cv2.setNumThreads(1)
 
 
+def failure_reason(error: Exception) -> str:
+  """`Type: message` of a clip's failure; an unexpected one (not ValueError or OSError) keeps the last lines
+  of its traceback. Call it inside the `except` block."""
+  reason = f"{type(error).__name__}: {error}"
+  if not isinstance(error, (ValueError, OSError)):  # unexpected: keep the traceback's last lines
+    reason += " | " + " / ".join(traceback.format_exc().strip().splitlines()[-3:])
+  return reason
+
+
 def _run_one(task: tuple[str, str | None, str, str, str, str]) -> dict[str, Any]:
   """Process one clip and write its cache file. Never raises: problems come back as data."""
   video, audio, out_dir, config_json, source, naming = task
@@ -158,15 +167,137 @@ def _run_one(task: tuple[str, str | None, str, str, str, str]) -> dict[str, Any]
                 audio_seconds=float(clip["audio_seconds"]), video_seconds=float(clip["video_seconds"]),
                 seconds=time.perf_counter() - start, tensorflow_loaded="tensorflow" in sys.modules)
   except Exception as e:  # every failure is reported with the file and the reason; the run goes on
-    reason = f"{type(e).__name__}: {e}"
-    if not isinstance(e, (ValueError, OSError)):  # unexpected: keep the traceback's last lines
-      reason += " | " + " / ".join(traceback.format_exc().strip().splitlines()[-3:])
-    return dict(video=video, audio=audio, status="skipped", reason=reason, seconds=time.perf_counter() - start,
-                tensorflow_loaded="tensorflow" in sys.modules)
+    return dict(video=video, audio=audio, status="skipped", reason=failure_reason(e),
+                seconds=time.perf_counter() - start, tensorflow_loaded="tensorflow" in sys.modules)
+
+
+def progress_bar(total: int):
+  from tqdm import tqdm
+  return tqdm(total=total, desc="preprocess", unit="clip", dynamic_ncols=True)
+
+
+def run_tasks(run_one: Callable[[Any], dict[str, Any]], tasks: Sequence[Any], processes: int, bar,
+              skip_line: Callable[[dict[str, Any]], str]) -> list[dict[str, Any]]:
+  """`run_one` of every task (results in completion order), in `processes` spawned workers (0: in this
+  process). `bar` (or None) advances per result, shows `skip_line(result)` for a skipped clip, and is closed
+  at the end."""
+  pool = (multiprocessing.get_context("spawn").Pool(processes, initializer=_init_worker) if processes > 0
+          else None)
+  results: list[dict[str, Any]] = []
+  try:
+    for r in (pool.imap_unordered(run_one, tasks) if pool is not None else map(run_one, tasks)):
+      results.append(r)
+      if bar is not None:
+        bar.update(1)
+        if r["status"] == "skipped":
+          bar.write(skip_line(r))
+  except BaseException:  # Ctrl-C: stop the workers now; finished clips are cached, a rerun continues
+    if pool is not None:
+      pool.terminate()
+    raise
+  if pool is not None:
+    pool.close()
+    pool.join()
+  if bar is not None:
+    bar.close()
+  return results
+
+
+def cached_frame_counts(out_dir: str | os.PathLike, stems: Sequence[str]) -> tuple[dict[str, int], int]:
+  """From the cache files of `stems`: {stem: filled_frames} (clips with any) and the sum of frames_past_end."""
+  filled, past_end = {}, 0
+  for stem in stems:
+    with np.load(cache_path(out_dir, stem), allow_pickle=False) as z:
+      if int(z["filled_frames"]):
+        filled[stem] = int(z["filled_frames"])
+      past_end += int(z["frames_past_end"])
+  return filled, past_end
+
+
+def write_report(out_dir: Path, report: dict[str, Any], indent: int = 2) -> None:
+  """`<out_dir>/report.json`, written atomically (temp file + rename)."""
+  tmp = out_dir / f".{REPORT_NAME}.tmp"
+  tmp.write_text(json.dumps(report, indent=indent))
+  os.replace(tmp, out_dir / REPORT_NAME)
 
 
 def _is_video(path: str) -> bool:
   return path.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def _find_inputs(root, out_dir: Path, *, modalities, soundtrack_fallback: bool, limit: int | None, audio_root,
+                 naming: str) -> tuple[list[ClipPair], list[dict[str, str]], list[dict[str, str]]]:
+  """(clip pairs, rejected videos, ignored other files) under `root`; raises on a bad argument, before the
+  output folder is created."""
+  pairs, problems = find_clips(root, soundtrack_fallback=soundtrack_fallback, modalities=modalities,
+                               audio_root=audio_root, naming=naming)
+  if out_dir.exists() and not out_dir.is_dir():
+    raise NotADirectoryError(f"{out_dir}: --output exists and is not a folder; choose a folder")
+  if limit is not None:
+    pairs = pairs[:limit]
+  skipped = [dict(path=p.path, reason=p.reason) for p in problems if _is_video(p.path)]
+  ignored = [dict(path=p.path, reason=p.reason) for p in problems if not _is_video(p.path)]
+  if not pairs:
+    where = f"{root}" + (f" and {audio_root}" if audio_root else "")
+    hint = ("point --input at the folder holding the Actor_XX/ folders of .mp4 files" if naming == "ravdess" else
+            "point it at the CREMA-D folder holding VideoFlash/ (and AudioWAV/)")
+    raise FileNotFoundError(
+        f"{where}: no usable {_DATASET_TITLES.get(naming, naming)} clip found ({len(skipped)} videos rejected, "
+        f"{len(ignored)} other files ignored): {hint}" + (f"; first problem: {problems[0]}" if problems else ""))
+  return pairs, skipped, ignored
+
+
+def _plan(pairs: Sequence[ClipPair], out_dir: Path, config: PreprocessConfig,
+          skipped: list[dict[str, str]]) -> tuple[list[tuple[ClipPair, str]], list[str]]:
+  """(clips to process with their source fingerprint, stems already cached). Two files with one stem would
+  overwrite each other's cache file: the first is kept, the others are added to `skipped`."""
+  seen: dict[str, ClipPair] = {}
+  todo: list[tuple[ClipPair, str]] = []
+  cached: list[str] = []
+  for pair in pairs:
+    stem = pair.name.stem
+    if stem in seen:
+      skipped.append(dict(path=str(pair.video), reason=f"same name as {seen[stem].video}; only that one is used"))
+      continue
+    seen[stem] = pair
+    source = source_fingerprint(pair.video, pair.audio)
+    if _cached_ok(cache_path(out_dir, stem), config, source):
+      cached.append(stem)
+    else:
+      todo.append((pair, source))
+  return todo, cached
+
+
+def _report(results: list[dict[str, Any]], cached: list[str], skipped: list[dict[str, str]],
+            ignored: list[dict[str, str]], *, root, audio_root, out_dir: Path, config: PreprocessConfig,
+            workers: int, started: float) -> dict[str, Any]:
+  """The report of the output folder: this run's results plus the clips cached by earlier runs."""
+  results.sort(key=lambda r: r["video"])
+  written = [r for r in results if r["status"] == "written"]
+  skipped += [dict(path=r["video"], reason=r["reason"]) for r in results if r["status"] == "skipped"]
+  filled = {r["stem"]: r["filled_frames"] for r in written if r["filled_frames"]}
+  past_end = sum(r["frames_past_end"] for r in written)
+  cached_filled, cached_past_end = cached_frame_counts(out_dir, cached)  # totals cover the whole output folder
+  filled = dict(sorted({**filled, **cached_filled}.items()))
+  past_end += cached_past_end
+  seconds = round(time.time() - started, 2)
+  this_run = dict(started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), seconds=seconds,
+                  input=str(Path(root).resolve()), written=len(written), cached=len(cached), skipped=len(skipped))
+  runs = _previous_runs(out_dir / REPORT_NAME) + [this_run]
+  return dict(
+      input=str(Path(root).resolve()), audio_input=str(Path(audio_root).resolve()) if audio_root else None,
+      output=str(out_dir.resolve()), config=json.loads(config.to_json()), started=this_run["started"],
+      seconds=seconds, workers=workers, clips_found=len(written) + len(cached) + len(skipped),
+      clips_written=len(written), clips_cached=len(cached), clips_skipped=len(skipped),
+      files_ignored=len(ignored), frames_filled=int(sum(filled.values())), filled_frames_by_clip=filled,
+      frames_past_end=int(past_end),
+      seconds_per_clip=round(float(np.mean([r["seconds"] for r in written])), 3) if written else None,
+      # Audio and video of one take differ by milliseconds in RAVDESS; more suggests a wrong pairing.
+      duration_mismatches=[dict(stem=r["stem"], audio_seconds=round(r["audio_seconds"], 3),
+                                video_seconds=round(r["video_seconds"], 3)) for r in written
+                           if abs(r["audio_seconds"] - r["video_seconds"]) > DURATION_TOLERANCE_SECONDS],
+      tensorflow_loaded_in_workers=any(r.get("tensorflow_loaded") for r in results),
+      written=[r["stem"] for r in written], cached=cached, skipped=skipped, ignored_files=ignored, runs=runs)
 
 
 def preprocess_directory(root: str | os.PathLike, out_dir: str | os.PathLike, workers: int = 1,
@@ -191,105 +322,20 @@ def preprocess_directory(root: str | os.PathLike, out_dir: str | os.PathLike, wo
   """
   started = time.time()
   out_dir = Path(out_dir)
-  # Everything that can fail on a bad argument fails before the output folder is created.
-  pairs, problems = find_clips(root, soundtrack_fallback=soundtrack_fallback, modalities=modalities,
-                               audio_root=audio_root, naming=naming)
-  if out_dir.exists() and not out_dir.is_dir():
-    raise NotADirectoryError(f"{out_dir}: --output exists and is not a folder; choose a folder")
-  if limit is not None:
-    pairs = pairs[:limit]
-  skipped = [dict(path=p.path, reason=p.reason) for p in problems if _is_video(p.path)]
-  ignored = [dict(path=p.path, reason=p.reason) for p in problems if not _is_video(p.path)]
-  if not pairs:
-    where = f"{root}" + (f" and {audio_root}" if audio_root else "")
-    hint = ("point --input at the folder holding the Actor_XX/ folders of .mp4 files" if naming == "ravdess" else
-            "point it at the CREMA-D folder holding VideoFlash/ (and AudioWAV/)")
-    raise FileNotFoundError(
-        f"{where}: no usable {_DATASET_TITLES.get(naming, naming)} clip found ({len(skipped)} videos rejected, "
-        f"{len(ignored)} other files ignored): {hint}" + (f"; first problem: {problems[0]}" if problems else ""))
+  pairs, skipped, ignored = _find_inputs(root, out_dir, modalities=modalities, soundtrack_fallback=soundtrack_fallback,
+                                         limit=limit, audio_root=audio_root, naming=naming)
   out_dir.mkdir(parents=True, exist_ok=True)
   for stale in out_dir.glob(".*.tmp.npz"):  # left by a run killed while writing
     stale.unlink(missing_ok=True)
-  # Two files with one stem would overwrite each other's cache file: keep the first, report the others.
-  seen: dict[str, ClipPair] = {}
-  todo: list[tuple[ClipPair, str]] = []
-  cached: list[str] = []
-  for pair in pairs:
-    stem = pair.name.stem
-    if stem in seen:
-      skipped.append(dict(path=str(pair.video), reason=f"same name as {seen[stem].video}; only that one is used"))
-      continue
-    seen[stem] = pair
-    source = source_fingerprint(pair.video, pair.audio)
-    if _cached_ok(cache_path(out_dir, stem), config, source):
-      cached.append(stem)
-    else:
-      todo.append((pair, source))
-
+  todo, cached = _plan(pairs, out_dir, config, skipped)
   tasks = [(str(p.video), None if p.audio is None else str(p.audio), str(out_dir), config.to_json(), source,
             naming) for p, source in todo]
-  results: list[dict[str, Any]] = []
-  bar = None
-  if progress:
-    from tqdm import tqdm
-    bar = tqdm(total=len(tasks), desc="preprocess", unit="clip", dynamic_ncols=True)
-  if tasks:
-    if workers <= 0:
-      iterator = map(_run_one, tasks)
-      pool = None
-    else:
-      pool = multiprocessing.get_context("spawn").Pool(min(workers, len(tasks)), initializer=_init_worker)
-      iterator = pool.imap_unordered(_run_one, tasks)
-    try:
-      for r in iterator:
-        results.append(r)
-        if bar is not None:
-          bar.update(1)
-          if r["status"] == "skipped":
-            bar.write(f"skipped {r['video']}: {r['reason']}")
-    except BaseException:  # Ctrl-C: stop the workers now; finished clips are cached, a rerun continues
-      if pool is not None:
-        pool.terminate()
-      raise
-    if pool is not None:
-      pool.close()
-      pool.join()
-  if bar is not None:
-    bar.close()
-
-  results.sort(key=lambda r: r["video"])
-  written = [r for r in results if r["status"] == "written"]
-  skipped += [dict(path=r["video"], reason=r["reason"]) for r in results if r["status"] == "skipped"]
-  filled = {r["stem"]: r["filled_frames"] for r in written if r["filled_frames"]}
-  past_end = sum(r["frames_past_end"] for r in written)
-  for stem in cached:  # totals cover the whole output folder, also after a resumed run
-    with np.load(cache_path(out_dir, stem), allow_pickle=False) as z:
-      if int(z["filled_frames"]):
-        filled[stem] = int(z["filled_frames"])
-      past_end += int(z["frames_past_end"])
-  filled = dict(sorted(filled.items()))
-  seconds = round(time.time() - started, 2)
-  this_run = dict(started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), seconds=seconds,
-                  input=str(Path(root).resolve()), written=len(written), cached=len(cached), skipped=len(skipped))
-  report_path = out_dir / REPORT_NAME
-  runs = _previous_runs(report_path) + [this_run]
-  report = dict(
-      input=str(Path(root).resolve()), audio_input=str(Path(audio_root).resolve()) if audio_root else None,
-      output=str(out_dir.resolve()), config=json.loads(config.to_json()), started=this_run["started"],
-      seconds=seconds, workers=workers, clips_found=len(written) + len(cached) + len(skipped),
-      clips_written=len(written), clips_cached=len(cached), clips_skipped=len(skipped),
-      files_ignored=len(ignored), frames_filled=int(sum(filled.values())), filled_frames_by_clip=filled,
-      frames_past_end=int(past_end),
-      seconds_per_clip=round(float(np.mean([r["seconds"] for r in written])), 3) if written else None,
-      # Audio and video of one take differ by milliseconds in RAVDESS; more suggests a wrong pairing.
-      duration_mismatches=[dict(stem=r["stem"], audio_seconds=round(r["audio_seconds"], 3),
-                                video_seconds=round(r["video_seconds"], 3)) for r in written
-                           if abs(r["audio_seconds"] - r["video_seconds"]) > DURATION_TOLERANCE_SECONDS],
-      tensorflow_loaded_in_workers=any(r.get("tensorflow_loaded") for r in results),
-      written=[r["stem"] for r in written], cached=cached, skipped=skipped, ignored_files=ignored, runs=runs)
-  tmp = out_dir / f".{REPORT_NAME}.tmp"
-  tmp.write_text(json.dumps(report, indent=2))
-  os.replace(tmp, report_path)
+  results = run_tasks(_run_one, tasks, 0 if workers <= 0 else min(workers, len(tasks)),
+                      progress_bar(len(tasks)) if progress else None,
+                      lambda r: f"skipped {r['video']}: {r['reason']}")
+  report = _report(results, cached, skipped, ignored, root=root, audio_root=audio_root, out_dir=out_dir,
+                   config=config, workers=workers, started=started)
+  write_report(out_dir, report)
   return report
 
 

@@ -11,11 +11,8 @@ Workers are spawned processes with one torch thread each (as `python -m avtca_ja
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
 import sys
 import time
-import traceback
 from pathlib import Path
 
 
@@ -31,10 +28,7 @@ def _run_one(task):
     return dict(line=line, stem=stem, video=video, status="written", filled_frames=int(clip["filled_frames"]),
                 seconds=time.perf_counter() - start)
   except Exception as e:  # every failure is reported with the file and the reason; the run goes on
-    reason = f"{type(e).__name__}: {e}"
-    if not isinstance(e, (ValueError, OSError)):
-      reason += " | " + " / ".join(traceback.format_exc().strip().splitlines()[-3:])
-    return dict(line=line, stem=stem, video=video, status="skipped", reason=reason,
+    return dict(line=line, stem=stem, video=video, status="skipped", reason=clips.failure_reason(e),
                 seconds=time.perf_counter() - start)
 
 
@@ -42,7 +36,6 @@ def main(args_path: str) -> None:
   """args_path: a JSON file {out_dir, config (PreprocessConfig JSON), workers, progress, clips [{line, stem,
   video, audio}]}. Writes <out_dir>/report.json: written / cached stems, skipped clips with their reason,
   filled frames per clip."""
-  import numpy as np
   from avtca_jax.preprocessing import clips
   from avtca_jax.preprocessing.config import PreprocessConfig
 
@@ -59,34 +52,12 @@ def main(args_path: str) -> None:
       cached.append(c)
     else:
       tasks.append((c["line"], c["stem"], c["video"], c["audio"], str(path), args["config"], source))
-  results = []
-  bar = None
-  if tasks and args.get("progress", True):
-    from tqdm import tqdm
-    bar = tqdm(total=len(tasks), desc="preprocess", unit="clip", dynamic_ncols=True)
   workers = min(int(args["workers"]), len(tasks))
-  pool = multiprocessing.get_context("spawn").Pool(workers, initializer=clips._init_worker) if workers > 1 else None
-  try:
-    for r in (pool.imap_unordered(_run_one, tasks) if pool else map(_run_one, tasks)):
-      results.append(r)
-      if bar is not None:
-        bar.update(1)
-        if r["status"] == "skipped":
-          bar.write(f"skipped line {r['line']} {r['video']}: {r['reason']}")
-  except BaseException:  # Ctrl-C: stop the workers now; finished clips are cached, a rerun continues
-    if pool is not None:
-      pool.terminate()
-    raise
-  if pool is not None:
-    pool.close()
-    pool.join()
-  if bar is not None:
-    bar.close()
+  bar = clips.progress_bar(len(tasks)) if tasks and args.get("progress", True) else None
+  results = clips.run_tasks(_run_one, tasks, workers if workers > 1 else 0, bar,
+                            lambda r: f"skipped line {r['line']} {r['video']}: {r['reason']}")
   filled = {r["stem"]: r["filled_frames"] for r in results if r["status"] == "written" and r["filled_frames"]}
-  for c in cached:
-    with np.load(clips.cache_path(out_dir, c["stem"]), allow_pickle=False) as z:
-      if int(z["filled_frames"]):
-        filled[c["stem"]] = int(z["filled_frames"])
+  filled.update(clips.cached_frame_counts(out_dir, [c["stem"] for c in cached])[0])
   written = sorted(r["stem"] for r in results if r["status"] == "written")
   skipped = sorted(({"line": r["line"], "path": r["video"], "reason": r["reason"]} for r in results
                     if r["status"] == "skipped"), key=lambda s: s["line"])
@@ -96,9 +67,7 @@ def main(args_path: str) -> None:
                 clips_skipped=len(skipped), frames_filled=int(sum(filled.values())),
                 filled_frames_by_clip=dict(sorted(filled.items())), written=written,
                 cached=sorted(c["stem"] for c in cached), skipped=skipped)
-  tmp = out_dir / ".report.json.tmp"
-  tmp.write_text(json.dumps(report, indent=1))
-  os.replace(tmp, out_dir / "report.json")
+  clips.write_report(out_dir, report, indent=1)
 
 
 if __name__ == "__main__":
