@@ -376,7 +376,7 @@ def write_rows(path: str, rows: Sequence[dict], class_names: Sequence[str]) -> N
   out.write_text(text.getvalue())
 
 
-def main(argv=None) -> int:
+def _parse_args(argv) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="python -m avtca_jax.predict", description=__doc__.split("\n\n")[0])
   parser.add_argument("model", help="training workdir, checkpoint step, converted checkpoint, PyTorch .pth or "
                       "export folder")
@@ -387,8 +387,11 @@ def main(argv=None) -> int:
                       "the video's own soundtrack")
   parser.add_argument("--output", default=None, help="write per-clip probabilities to FILE.csv or FILE.json")
   console.add_common_arguments(parser)
-  args = parser.parse_args(argv)
-  console.start(args)
+  return parser.parse_args(argv)
+
+
+def _load_model_and_inputs(args: argparse.Namespace):
+  """(model, [(clip, audio)]); a user error (a bad --output name, model or clip) exits with one line."""
   try:
     if args.output is not None and not args.output.lower().endswith((".csv", ".json")):
       raise ValueError(f"--output {args.output}: expected a .csv or .json file name")
@@ -398,66 +401,82 @@ def main(argv=None) -> int:
     console.exit_on_user_error(error, args.verbose)
   for warning in model.warnings:
     print(f"warning: {warning}", file=sys.stderr)
+  return model, inputs
+
+
+def _predict_row(model, clip: str, audio, args: argparse.Namespace, naming, many: bool, bar) -> dict:
+  """One clip's result row, its line(s) printed; a user error skips the clip of a folder (exits for one clip)."""
   names = model.class_names
-  naming = naming_of(names)
-
-  rows, many = [], len(inputs) > 1 or os.path.isdir(args.clip)
-  bar = None
-  if many:
-    from tqdm import tqdm
-    bar = tqdm(total=len(inputs), unit="clip", desc="predict", dynamic_ncols=True, file=sys.stderr)
   say = bar.write if bar else print
-  for clip, audio in inputs:
-    label = label_of(clip, naming)
-    used = audio_used(clip, audio, args.audio, model.audio_only)
-    row = dict(clip=clip, audio=audio or "", audio_used=used, label=None if label is None else names[label])
-    try:
-      p, warnings = predict_clip(model, clip, audio)
-    except Exception as error:
-      if not console.is_user_error(error):
-        raise
-      if not many:
-        console.exit_on_user_error(error, args.verbose)
-      row["error"] = console.user_error_line(error).removeprefix("error: ")
-      say(f"skipped {row['error']}")
-    else:
-      for warning in warnings:
-        (bar.write if bar else print)(f"warning: {warning}", file=sys.stderr)
-      order = np.argsort(-p)
-      row.update(predicted=names[order[0]], warnings=warnings,
-                 probabilities={names[i]: round(float(p[i]), 6) for i in range(len(p))})
-      shown = f"{os.path.basename(clip)}: {names[order[0]]} ({p[order[0]]:.3f})"
-      if label is not None:
-        shown += f"; label {names[label]}"
-      shown += f"; audio: {used}"
-      width = max(10, max(len(n) for n in names))
-      lines = [shown] if many else [shown] + [f"  {names[i]:<{width}} {p[i]:.4f}" for i in range(len(p))]
-      say("\n".join(lines))
-    rows.append(row)
-    if bar is not None:
-      bar.update(1)
-  if bar is not None:
-    bar.close()
+  label = label_of(clip, naming)
+  used = audio_used(clip, audio, args.audio, model.audio_only)
+  row = dict(clip=clip, audio=audio or "", audio_used=used, label=None if label is None else names[label])
+  try:
+    p, warnings = predict_clip(model, clip, audio)
+  except Exception as error:
+    if not console.is_user_error(error):
+      raise
+    if not many:
+      console.exit_on_user_error(error, args.verbose)
+    row["error"] = console.user_error_line(error).removeprefix("error: ")
+    say(f"skipped {row['error']}")
+    return row
+  for warning in warnings:
+    (bar.write if bar else print)(f"warning: {warning}", file=sys.stderr)
+  order = np.argsort(-p)
+  row.update(predicted=names[order[0]], warnings=warnings,
+             probabilities={names[i]: round(float(p[i]), 6) for i in range(len(p))})
+  shown = f"{os.path.basename(clip)}: {names[order[0]]} ({p[order[0]]:.3f})"
+  if label is not None:
+    shown += f"; label {names[label]}"
+  shown += f"; audio: {used}"
+  width = max(10, max(len(n) for n in names))
+  lines = [shown] if many else [shown] + [f"  {names[i]:<{width}} {p[i]:.4f}" for i in range(len(p))]
+  say("\n".join(lines))
+  return row
 
+
+def _print_summary(rows: list[dict], names, naming) -> None:
+  """A folder's totals: clips predicted and skipped, and the accuracy where clips carry a label."""
   done = [r for r in rows if "predicted" in r]
   labelled = [r for r in done if r["label"] is not None]
-  if many:
-    print(f"{len(done)} of {len(rows)} clips predicted" + (f", {len(rows) - len(done)} skipped" if len(done) < len(rows) else ""))
-  if many and labelled:
+  print(f"{len(done)} of {len(rows)} clips predicted" + (f", {len(rows) - len(done)} skipped" if len(done) < len(rows) else ""))
+  if labelled:
     correct = sum(r["predicted"] == r["label"] for r in labelled)
     print(f"accuracy {correct / len(labelled):.3f} ({correct}/{len(labelled)} clips with a "
           f"{_NAMED_DATASETS[naming]} label)")
     width = max(10, max(len(n) for n in names))
     for name, right, n in per_class_accuracy(labelled, names):
       print(f"  {name:<{width}} {right}/{n}")
+
+
+def main(argv=None) -> int:
+  args = _parse_args(argv)
+  console.start(args)
+  model, inputs = _load_model_and_inputs(args)
+  names = model.class_names
+  naming = naming_of(names)
+  many = len(inputs) > 1 or os.path.isdir(args.clip)
+  bar = None
+  if many:
+    from tqdm import tqdm
+    bar = tqdm(total=len(inputs), unit="clip", desc="predict", dynamic_ncols=True, file=sys.stderr)
+  rows = []
+  for clip, audio in inputs:
+    rows.append(_predict_row(model, clip, audio, args, naming, many, bar))
+    if bar is not None:
+      bar.update(1)
+  if bar is not None:
+    bar.close()
+  if many:
+    _print_summary(rows, names, naming)
   if args.output:
     try:
       write_rows(args.output, rows, names)
     except Exception as error:
       console.exit_on_user_error(error, args.verbose)
     print(f"written to {args.output}")
-  return 0 if len(done) == len(rows) else 1
-
+  return 0 if all("predicted" in r for r in rows) else 1
 
 if __name__ == "__main__":
   sys.exit(main())
