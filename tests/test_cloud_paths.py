@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from config_overrides import ravdess_config
 
 BUCKET = "gs://avtca-test-bucket"
 
@@ -145,18 +146,9 @@ def test_the_guards_catch_a_call_around_the_path_layer(fake_gcs):
 
 
 def _config(**overrides):
-  from configs import ravdess
-  config = ravdess.get_config("smoke")
-  config.model, config.data.source, config.data.num_examples = "audio", "synthetic", 32
-  config.batch_size, config.num_train_steps, config.num_epochs = 8, -1, 2
-  config.progress_bar = False
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for name in parents:
-      node = node[name]
-    node[leaf] = value
-  return config
+  return ravdess_config("smoke", **{"model": "audio", "data.source": "synthetic", "data.num_examples": 32,
+                                    "batch_size": 8, "num_train_steps": -1, "num_epochs": 2, "progress_bar": False,
+                                    **overrides})
 
 
 def test_train_resume_evaluate_and_cross_validate_in_a_gs_workdir(fake_gcs):

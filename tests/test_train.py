@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from config_overrides import ravdess_config
 
 ROOT = Path(__file__).resolve().parents[1]
 AUDIO = ["--config.model=audio", "--config.data.source=synthetic", "--config.evaluate_test=False"]
@@ -340,15 +341,7 @@ def no_compilation(monkeypatch):
 
 
 def _config(variant="smoke", **overrides):
-  from configs import ravdess
-  config = ravdess.get_config(variant)
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for name in parents:
-      node = node[name]
-    node[leaf] = value
-  return config
+  return ravdess_config(variant, **overrides)
 
 
 def test_unknown_config_key_on_the_command_line(tmp_path):
