@@ -223,25 +223,39 @@ def preprocess_config(image_size: int):
   return PreprocessConfig(crop_size=image_size)
 
 
-def run_preprocessing(manual_dir: Path, cache_dir: Path, *, modalities: Sequence[int], image_size: int,
-                      naming: str, workers: Optional[int] = None) -> Tuple[Path, dict]:
-  """Preprocess `manual_dir` into the cache (only clips not cached yet); returns (clip folder, report)."""
-  config = preprocess_config(image_size)
-  settings = config.to_json()
+def preprocess_output_folder(cache_dir: Path, settings: str) -> Path:
+  """`<cache_dir>/<settings hash>/`, created, without a previous run's report.json."""
   out_dir = Path(cache_dir) / hashlib.sha1(settings.encode()).hexdigest()[:12]
   out_dir.mkdir(parents=True, exist_ok=True)
   report_path = out_dir / "report.json"
   if report_path.exists():
     report_path.unlink()  # never read a previous run's report as this one's
-  args = dict(root=str(manual_dir), out_dir=str(out_dir), workers=workers or default_workers(),
-              config=settings, modalities=list(modalities), naming=naming)
+  return out_dir
+
+
+def run_in_clean_process(python_args: Sequence[str], what, out_dir: Path,
+                         env_updates: Optional[Dict[str, str]] = None) -> dict:
+  """`python <python_args>` (TF_CPP_MIN_LOG_LEVEL 3 unless set) preprocessing `what` into `out_dir`; returns
+  the report.json it writes. Raises ValueError when it fails."""
   env = dict(os.environ)
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  result = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(args)], env=env)
+  env.update(env_updates or {})
+  result = subprocess.run([sys.executable, *python_args], env=env)
+  report_path = out_dir / "report.json"
   if result.returncode != 0 or not report_path.exists():
-    raise ValueError(f"preprocessing of {manual_dir} failed (exit status {result.returncode}, the reason is "
+    raise ValueError(f"preprocessing of {what} failed (exit status {result.returncode}, the reason is "
                      f"printed above); rerun to continue from the cache in {out_dir}")
-  return out_dir, json.loads(report_path.read_text())
+  return json.loads(report_path.read_text())
+
+
+def run_preprocessing(manual_dir: Path, cache_dir: Path, *, modalities: Sequence[int], image_size: int,
+                      naming: str, workers: Optional[int] = None) -> Tuple[Path, dict]:
+  """Preprocess `manual_dir` into the cache (only clips not cached yet); returns (clip folder, report)."""
+  settings = preprocess_config(image_size).to_json()
+  out_dir = preprocess_output_folder(cache_dir, settings)
+  args = dict(root=str(manual_dir), out_dir=str(out_dir), workers=workers or default_workers(),
+              config=settings, modalities=list(modalities), naming=naming)
+  return out_dir, run_in_clean_process(["-c", _RUNNER, json.dumps(args)], manual_dir, out_dir)
 
 
 def preprocessed_records(manual_dir: Path, cache_dir: Path, *, naming: str, modalities: Sequence[int] = (1,),

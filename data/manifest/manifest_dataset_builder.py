@@ -28,8 +28,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -196,14 +194,8 @@ def run_preprocessing(manifest: manifest_lib.Manifest, cache_dir: Path, *, image
                       workers: Optional[int] = None):
   """Face crops and MFCCs of every row, cached under `cache_dir/<settings hash>/` (only clips not done yet),
   in a clean process (data/manifest/preprocess.py); returns (clip folder, report)."""
-  import hashlib
-  config = tfds_builder.preprocess_config(image_size)
-  settings = config.to_json()
-  out_dir = Path(cache_dir) / hashlib.sha1(settings.encode()).hexdigest()[:12]
-  out_dir.mkdir(parents=True, exist_ok=True)
-  report_path = out_dir / "report.json"
-  if report_path.exists():
-    report_path.unlink()  # never read a previous run's report as this one's
+  settings = tfds_builder.preprocess_config(image_size).to_json()
+  out_dir = tfds_builder.preprocess_output_folder(cache_dir, settings)
   args_path = out_dir / "clips.json"
   args_path.write_text(json.dumps(dict(
       out_dir=str(out_dir), config=settings, workers=workers or tfds_builder.default_workers(),
@@ -211,14 +203,10 @@ def run_preprocessing(manifest: manifest_lib.Manifest, cache_dir: Path, *, image
              for r in manifest.rows])))
   package = __name__.rsplit(".", 1)[0]  # data.manifest, or avtca_jax.manifest_tfds in a wheel
   root = Path(__file__).resolve().parents[package.count(".") + 1]  # the folder holding the top package
-  env = dict(os.environ)
-  env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  env["PYTHONPATH"] = os.pathsep.join([str(root)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-  result = subprocess.run([sys.executable, "-c", _RUNNER, f"{package}.preprocess", str(args_path)], env=env)
-  if result.returncode != 0 or not report_path.exists():
-    raise ValueError(f"preprocessing of {manifest.path} failed (exit status {result.returncode}, the reason is "
-                     f"printed above); rerun to continue from the cache in {out_dir}")
-  return out_dir, json.loads(report_path.read_text())
+  pythonpath = os.pathsep.join([str(root)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+  report = tfds_builder.run_in_clean_process(["-c", _RUNNER, f"{package}.preprocess", str(args_path)],
+                                             manifest.path, out_dir, {"PYTHONPATH": pythonpath})
+  return out_dir, report
 
 
 def build_dataset(manifest, *, data_dir: Optional[str] = None, name: Optional[str] = None, labels: str = "",
