@@ -35,11 +35,15 @@ FRAME_ENCODINGS = ("jpeg", "raw")
 
 
 class ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Face crops + MFCCs per clip, one split per speaker. Subclasses set DATASET, BUILDER_CONFIGS, VERSION,
-  HOMEPAGE, CITATION and define `_download_records` and `generated_stem`. Configs need the fields
-  `source` ('generated' or the download), `frame_encoding`, `image_size`, `clips_per_class`, `seed`."""
+  """Face crops + MFCCs per clip, one split per speaker. Subclasses set DATASET, BUILDER_CONFIGS, HOMEPAGE,
+  CITATION (VERSION, RELEASE_NOTES and DEFAULT_CONFIG_NAME where theirs differ from the defaults here) and
+  define `_download_records` and `generated_stem`. Configs need the fields `source` ('generated' or the
+  download), `frame_encoding`, `image_size`, `clips_per_class`, `seed`."""
 
   DATASET: datasets.Dataset
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Per-actor splits, JPEG frames, MFCCs from avtca_jax.preprocessing."}
+  DEFAULT_CONFIG_NAME = "av"
   HOMEPAGE = ""
   CITATION = ""
   MODALITY_DOC = "1 audio-video, 2 video-only"

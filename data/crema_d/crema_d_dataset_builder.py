@@ -76,10 +76,7 @@ class Builder(tfds_builder.ClipBuilder):
   """CREMA-D: face crops, MFCCs, emotion label, actor, file stem."""
 
   DATASET = DATASET
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Per-actor splits, JPEG frames, MFCCs from avtca_jax.preprocessing."}
   BUILDER_CONFIGS = BUILDER_CONFIGS
-  DEFAULT_CONFIG_NAME = "av"
   MODALITY_DOC = "1: a video with its audio"
   HOMEPAGE = "https://github.com/CheyneyComputerScience/CREMA-D"
   CITATION = """@article{cao2014crema,

@@ -81,10 +81,7 @@ class Builder(tfds_builder.ClipBuilder):
   """RAVDESS speech: face crops, MFCCs, emotion label, actor, modality, file stem."""
 
   DATASET = DATASET
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Per-actor splits, JPEG frames, MFCCs from avtca_jax.preprocessing."}
   BUILDER_CONFIGS = BUILDER_CONFIGS
-  DEFAULT_CONFIG_NAME = "av"
   HOMEPAGE = "https://zenodo.org/record/1188976"
   CITATION = """@article{livingstone2018ravdess,
   title={The Ryerson Audio-Visual Database of Emotional Speech and Song (RAVDESS)},
