@@ -288,6 +288,11 @@ def preprocessed_records(manual_dir: Path, cache_dir: Path, *, naming: str, moda
 # ---- `tfds build` without apache_beam ------------------------------------------------------------------------
 
 
+def build_main(argv: Optional[Sequence[str]], build_script: str, manual_hint: str) -> None:
+  """`build_command` for the builder beside `build_script` (a data/<name>/build.py); argv None: sys.argv[1:]."""
+  build_command(sys.argv[1:] if argv is None else argv, os.path.dirname(os.path.abspath(build_script)), manual_hint)
+
+
 def build_command(argv: Sequence[str], folder: str, manual_hint: str) -> None:
   """tfds's own `build` command (same flags as `tfds build`) for the builder in `folder`, without the `tfds`
   script, which imports apache_beam at start-up. A user error is one line; `--verbose` (ours) keeps library

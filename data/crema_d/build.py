@@ -5,15 +5,13 @@
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def main(argv=None):
   from avtca_jax import tfds_builder
-  tfds_builder.build_command(sys.argv[1:] if argv is None else argv, os.path.dirname(os.path.abspath(__file__)),
-                             "the CREMA-D folder holding VideoFlash/ (and AudioWAV/, processedResults/)")
+  tfds_builder.build_main(argv, __file__, "the CREMA-D folder holding VideoFlash/ (and AudioWAV/, processedResults/)")
 
 
 if __name__ == "__main__":
