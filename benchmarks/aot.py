@@ -35,7 +35,10 @@ turns the reports into benchmarks/RESULTS.md):
   a CPU compile of the same step at the same per-device batch);
 - a roofline estimate: clips/s per chip = 1 / max(FLOPs/peak, bytes/bandwidth), datasheet peaks from
   `benchmarks/hardware.py` (sources in docs/accelerators.md). An upper bound, not a measurement;
-- compile time (this machine).
+- compile time (this machine);
+- with `--buffers[=N]`, the train step's N largest buffers from XLA's buffer assignment (dtype, shape, tiled
+  layout, padded size, defining instruction and its op_name) and the bytes per part of the model
+  (benchmarks/buffers.py; docs/accelerators.md says how to read them).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from typing import Dict, Optional, Tuple
@@ -205,8 +209,13 @@ class OutOfMemory(Exception):
   """The compiler itself refused the program for lack of device memory."""
 
 
-def compile_step(config, mesh, which: str = "train", stored_image_size: Optional[int] = None) -> dict:
-  """Lower and compile the trainer's train (or eval) step for `mesh`; memory, cost and compile time."""
+def compile_step(config, mesh, which: str = "train", stored_image_size: Optional[int] = None,
+                 buffers: int = 0) -> dict:
+  """Lower and compile the trainer's train (or eval) step for `mesh`; memory, cost and compile time.
+
+  `buffers` > 0: compile with XLA's dumps (into a temporary folder) and add the `buffers` account of the
+  compiled program's buffer assignment (benchmarks/buffers.py), its `buffers` largest buffers listed."""
+  import tempfile
   import jax
   from jax.sharding import NamedSharding, PartitionSpec as P
   from avtca_jax import steps as steps_lib
@@ -222,19 +231,36 @@ def compile_step(config, mesh, which: str = "train", stored_image_size: Optional
     batch = steps_lib.abstract_batch(config, batch_size, mesh, stored_image_size)
     weights = jax.ShapeDtypeStruct((4,), jax.numpy.float32, sharding=NamedSharding(mesh, P()))
     step, args = steps.predict_step, (steps.abstract_state, batch, weights)
+  dump_dir = tempfile.mkdtemp(prefix="avtca_aot_dump_") if buffers else None
   start = time.perf_counter()
   lowered = step.lower(*args)
   try:
-    compiled = lowered.compile()
+    compiled = lowered.compile(compiler_options=buffer_dump_options(dump_dir)) if dump_dir else lowered.compile()
   except Exception as error:  # XLA raises XlaRuntimeError; its text says RESOURCE_EXHAUSTED on OOM
+    if dump_dir:
+      shutil.rmtree(dump_dir, ignore_errors=True)
     text = str(error)
     if "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text or "out of memory" in text.lower():
       raise OutOfMemory(text.splitlines()[0][:300]) from None
     raise
   seconds = time.perf_counter() - start
   hlo = compiled.as_text() or ""
-  return {"compile_s": seconds, "memory": _memory(compiled), "cost": _cost(compiled),
-          "batch_per_device": batch_size // mesh.size, "devices": mesh.size, **hlo_facts(hlo)}
+  result = {"compile_s": seconds, "memory": _memory(compiled), "cost": _cost(compiled),
+            "batch_per_device": batch_size // mesh.size, "devices": mesh.size, **hlo_facts(hlo)}
+  if dump_dir:
+    from benchmarks import buffers as buffers_lib
+    try:
+      result["buffers"] = buffers_lib.account_from_dump(dump_dir, top=buffers)
+    finally:
+      shutil.rmtree(dump_dir, ignore_errors=True)
+  return result
+
+
+def buffer_dump_options(dump_dir: str) -> dict:
+  """XLA debug options that write the optimised HLO and its buffer assignment to `dump_dir`
+  (`*after_optimizations.txt`, `*after_optimizations-buffer-assignment.txt` and `-values.txt`). Debug output
+  only: the compiled program is the same."""
+  return {"xla_dump_to": dump_dir, "xla_dump_hlo_as_text": True}
 
 
 def hlo_facts(hlo: str) -> dict:
@@ -412,6 +438,9 @@ def local_target():
   return Target("local", key, platform, len(devices), jax.process_count(), "local"), devices
 
 
+DEFAULT_BUFFERS = 20  # `--buffers` without a number
+
+
 @dataclasses.dataclass(frozen=True)
 class Options:
   """The compile's own settings (everything else is the trainer's config)."""
@@ -423,6 +452,7 @@ class Options:
   cost_from: str = ""
   skip_cpu_cost: bool = False
   gpu_memory_fraction: float = 0.75
+  buffers: int = 0  # > 0: list this many of the train step's largest buffers (benchmarks/buffers.py)
 
 
 def run(config, args, log=print) -> dict:
@@ -459,11 +489,14 @@ def run(config, args, log=print) -> dict:
             "config": config.to_dict()}
   log(f"{target.name}: {target.num_devices} x {chip.name} on {target.num_hosts} host(s), {config.dtype}, "
       f"remat={config.remat}, {config.image_size} px, {config.modality_dropout} dropout")
-  at_batch = compile_step(config, mesh)
+  at_batch = compile_step(config, mesh, buffers=args.buffers)
   at_batch["fits"] = fits(at_batch, chip, target.platform, args.gpu_memory_fraction)
   report["at_batch"] = at_batch
   log(f"  train step at {batch_per_device}/device: compiled in {at_batch['compile_s']:.0f} s, total "
       f"{at_batch['memory']['total'] / 2**30:.2f} GiB")
+  if at_batch.get("buffers"):
+    from benchmarks import buffers as buffers_lib
+    log(buffers_lib.format_account(at_batch["buffers"]))
   if not args.skip_eval_step:
     report["eval"] = compile_step(config, mesh, which="eval")
     log(f"  eval step at {report['eval']['batch_per_device']}/device: compiled in {report['eval']['compile_s']:.0f} s, "
@@ -520,6 +553,9 @@ def define_flags():
   flags.DEFINE_bool("skip_cpu_cost", False, "GPU targets: no CPU compile for FLOPs and bytes (memory only).")
   flags.DEFINE_float("gpu_memory_fraction", 0.75, "Share of GPU memory a program may use (JAX preallocates "
                      "75% by default).")
+  flags.DEFINE_integer("buffers", 0, "List the train step's N largest buffers from XLA's buffer assignment, and "
+                       "the bytes per part of the model (benchmarks/buffers.py); `--buffers` alone lists "
+                       f"{DEFAULT_BUFFERS}.")
   flags.DEFINE_string("out", None, "Write the JSON report here.")
   flags.DEFINE_bool("verbose", False, "Library log messages and full error tracebacks.")
 
@@ -541,7 +577,8 @@ def main(argv):
   args = dataclasses.replace(Options(), target=FLAGS.target, find_largest=FLAGS.find_largest,
                              max_compiles=FLAGS.max_compiles, probes=tuple(int(p) for p in FLAGS.probes),
                              skip_eval_step=FLAGS.skip_eval_step, cost_from=FLAGS.cost_from,
-                             skip_cpu_cost=FLAGS.skip_cpu_cost, gpu_memory_fraction=FLAGS.gpu_memory_fraction)
+                             skip_cpu_cost=FLAGS.skip_cpu_cost, gpu_memory_fraction=FLAGS.gpu_memory_fraction,
+                             buffers=FLAGS.buffers)
   stamp = records.stamp("benchmarks.aot")
   try:
     report = run(records.require_config(FLAGS.config, "--config=configs/ravdess.py:fold1"), args)
@@ -554,8 +591,13 @@ def main(argv):
   return 0
 
 
+def parse_flags(argv):
+  """The trainer's flag parsing, with `--buffers` alone meaning `--buffers=DEFAULT_BUFFERS`."""
+  from avtca_jax import console
+  return console.parse_flags([f"--buffers={DEFAULT_BUFFERS}" if a == "--buffers" else a for a in argv])
+
+
 if __name__ == "__main__":
   from absl import app
   define_flags()
-  from avtca_jax import console
-  app.run(main, flags_parser=console.parse_flags)
+  app.run(main, flags_parser=parse_flags)

@@ -69,10 +69,19 @@ def test_train_step_compiles_for_a_multi_host_tpu_slice(tmp_path):
   # 2 clips on each of the 16 chips.
   cmd = [sys.executable, "-m", "benchmarks.aot", "--target=v5e-16", "--config=configs/ravdess.py:fold1",
          "--config.image_size=32", "--config.batch_size=32", "--config.dtype=bfloat16",
-         "--config.compilation_cache_dir=none", f"--out={out}"]
+         "--config.compilation_cache_dir=none", "--buffers", f"--out={out}"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads(out.read_text())
+  # `--buffers` alone: the 20 largest buffers of XLA's buffer assignment, in the log and the report; the
+  # TPU's allocations in HBM hold the arguments memory_analysis counts, and the donated state.
+  account = report["at_batch"]["buffers"]
+  assert len(account["largest"]) == aot.DEFAULT_BUFFERS and "largest buffers of" in proc.stdout
+  assert account["allocation_totals"]["hbm argument"] == report["at_batch"]["memory"]["argument"]
+  assert account["live_out_argument_totals"]["hbm"] == report["at_batch"]["memory"]["alias"]
+  assert {r["memory_space"] for r in account["largest"]} <= {"hbm", "vmem", "smem", "sflag"}
+  assert all(r["layout"] and ":T(" in r["layout"] for r in account["largest"] if r["dims"])  # tiled layouts
+  assert "buffers" not in report["eval"]  # the train step only
   # The report says when, where, with what and how it was made, and which config it compiled.
   assert {"date", "machine", "versions", "command"} <= set(report) and report["versions"]["jax"]
   assert report["command"].startswith("python -m benchmarks.aot --target=v5e-16 --config=configs/ravdess.py:fold1")
@@ -161,3 +170,132 @@ def test_batch_search_brackets_the_largest_and_keeps_each_probe_cost(monkeypatch
   assert best == 24 and model["predicted_largest"] == 24 and model["bracketed"]
   assert [(p["batch_per_device"], p["fits"]) for p in probes] == [(8, True), (16, True), (24, True), (32, False)]
   assert [p["cost"]["bytes_accessed"] for p in probes] == [1e8 * b * b for b in (8, 16, 24, 32)]
+
+
+# ---- The buffer account (`--buffers`, benchmarks/buffers.py) --------------------------------------------
+
+# Excerpts of what XLA dumps for a small program compiled for TPU v5e (a matmul's gradient over 4 chips).
+_ASSIGNMENT = """BufferAssignment:
+allocation 0: size 512, thread-local:
+ value: <2 add.1 @0> (size=512,offset=0): f32[]{:T(128)}
+allocation 1: size 131072, output shape is |f32[128,256]|, maybe-live-out:
+ value: <32 all-reduce @0> (size=131072,offset=0): f32[128,256]{1,0:T(8,128)}
+allocation 2: size 131072, parameter 1, shape |f32[128,256]| at ShapeIndex {}:
+ value: <27 param.1 @0> (size=131072,offset=0): f32[128,256]{1,0:T(8,128)}
+allocation 3: size 8192, parameter 0, shape |f32[16,100]| at ShapeIndex {}:
+ value: <26 param @0> (size=8192,offset=0): f32[16,100]{1,0:T(8,128)}
+allocation 8: size 262144, color 1, preallocated-temp:
+ value: <29 copy-start{0} @1> (size=131072,offset=0): f32[128,256]{1,0:T(8,128)S(1)}
+ value: <31 fusion @1> (size=131072,offset=131072): f32[128,256]{1,0:T(8,128)S(1)}
+"""
+_VALUES = """
+<26 param @0>
+ from instruction: %param = f32[16,100]{1,0:T(8,128)} parameter(0), sharding={devices=[4,1]<=[4]}, metadata={op_name="batch[\\'frames\\']"}
+<29 copy-start{0} @1>
+ from instruction: %copy-start = (f32[128,256]{1,0:T(8,128)S(1)}, f32[128,256]{1,0:T(8,128)}, u32[]{:S(2)}) copy-start(%param.1), cross_program_prefetch_index=0
+<27 param.1 @0>
+ from instruction: %param.1 = f32[128,256]{1,0:T(8,128)} parameter(1), sharding={replicated}, metadata={op_name="state.opt_state[1].momentum[\\'x\\']"}
+<31 fusion @1>
+ from instruction: %fusion = f32[128,256]{1,0:T(8,128)S(1)} fusion(%param, %copy-done), kind=kOutput, calls=%fused_computation.1, metadata={op_name="jit(f)/transpose(jvp(AVTCA))/visual_backbone/stage2_0/branch2_1/mul" stack_frame_id=2}
+<32 all-reduce @0>
+ from instruction: %all-reduce = f32[128,256]{1,0:T(8,128)} all-reduce(%fusion), channel_id=1, to_apply=%add.clone, metadata={op_name="jit(f)/psum" stack_frame_id=1}
+"""
+_MODULE = """HloModule jit_f
+
+FileNames
+1 "/repo/avtca_jax/steps.py"
+2 "/repo/avtca_jax/models/layers.py"
+
+FunctionNames
+1 "train_step"
+2 "batch_norm_train"
+
+FileLocations
+1 {file_name_id=1 function_name_id=1 line=15}
+2 {file_name_id=2 function_name_id=2 line=10}
+
+StackFrames
+1 {file_location_id=1 parent_frame_id=1}
+2 {file_location_id=2 parent_frame_id=1}
+
+ENTRY %main {
+}
+"""
+
+
+def test_buffer_account_reads_xlas_buffer_assignment():
+  """Values of every allocation but the thread-local ones, largest first, each with its laid-out size, data
+  size, memory space and kind, the instruction that defines it and the part of the model it belongs to
+  (from the instruction's Python stack, its op_name, or for arguments their path in the step's arguments)."""
+  from benchmarks import buffers
+  out = buffers.account(_ASSIGNMENT, _VALUES, _MODULE, top=10, tpu=True)
+  assert out["values"] == 5  # the thread-local scalar is left out
+  first = out["largest"][0]
+  assert first["size"] == 131072 and first["dtype"] == "f32" and first["dims"] == [128, 256]
+  assert first["layout"] == "1,0:T(8,128)" and first["data_bytes"] == 128 * 256 * 4
+  parameter = next(r for r in out["largest"] if r["value"] == "param")
+  assert parameter["data_bytes"] == 6400 and parameter["size"] == 8192  # 100 columns padded to 128 lanes
+  assert parameter["part"] == "inputs" and parameter["kind"] == "argument" and parameter["memory_space"] == "hbm"
+  fusion = next(r for r in out["largest"] if r["value"] == "fusion")
+  assert (fusion["opcode"], fusion["fusion_kind"], fusion["memory_space"]) == ("fusion", "kOutput", "vmem")
+  assert fusion["part"] == "batch norm" and fusion["functions"] == ["batch_norm_train", "train_step"]
+  # A copy has no op_name of its own: it takes its operand's (here an optimizer argument).
+  copy = next(r for r in out["largest"] if r["value"] == "copy-start{0}")
+  assert copy["op_name"].startswith("state.opt_state") and copy["part"] == "optimizer"
+  assert out["allocation_totals"] == {"hbm output": 131072, "hbm argument": 139264, "vmem temp": 262144}
+  assert out["by_part"]["batch norm"] == {"vmem temp": 131072}
+  assert "state.opt_state[1].momentum['x']" in buffers.format_account(out)
+
+
+def test_parts_of_the_model_from_op_names():
+  from benchmarks import buffers
+  part = lambda op_name, functions=(): buffers.part_of_model(op_name, [("", f) for f in functions])
+  assert part("jit(train_step)/shard_map/jit(random_flip_and_rotate)/jit(flip_and_rotate)/gather") == "augmentation"
+  assert part("jit(train_step)/shard_map/jvp(AVTCA)/visual_backbone/conv1_0/conv_general_dilated") == \
+      "efficientface stem"
+  assert part("transpose(jvp(AVTCA))/visual_backbone/stage3_2/branch2_3/conv_general_dilated") == \
+      "efficientface stages"
+  assert part("transpose(jvp(AVTCA))/visual_backbone/stage3_2/branch2_4/mul", ["_batch_stats"]) == "batch norm"
+  assert part("jit(train_step)/shard_map/jvp(AVTCA)/visual_conv1d_2/conv/conv_general_dilated") == "temporal convs"
+  assert part("transpose(jvp(AVTCA))/audio_conv1d_0/conv/conv_general_dilated") == "audio branch"
+  assert part("jit(train_step)/shard_map/jvp(AVTCA)/final_attention/sub") == "fusion"
+  assert part("jit(train_step)/shard_map/add", ["dampened_momentum.<locals>.update"]) == "optimizer"
+  assert part("state.params['av1']['attn']['q']['kernel']") == "fusion"
+  assert part("jit(train_step)/shard_map/psum_invariant") == "other"
+
+
+def test_buffers_of_the_compiled_step_add_up_to_its_memory_analysis():
+  """The trainer's train step (smoke config, 32 px, 1 clip) compiled for this CPU with the buffer account:
+  real buffers, and the allocations add up to what `memory_analysis` says the program holds."""
+  import jax
+  from avtca_jax import train
+  from benchmarks import buffers
+  config = train.default_config("smoke")
+  config.image_size, config.batch_size, config.compilation_cache_dir = 32, 1, "none"
+  result = aot.compile_step(config, aot.data_mesh(jax.devices("cpu")[:1]), buffers=12)
+  account, memory = result["buffers"], result["memory"]
+  largest = account["largest"]
+  assert len(largest) == 12 and account["values"] > 100
+  assert [r["size"] for r in largest] == sorted((r["size"] for r in largest), reverse=True)
+  for r in largest:
+    assert r["size"] > 0 and r["dtype"] in ("f32", "bf16", "s32", "u8", "u32", "pred", "tuple")
+    assert r["instruction"] and r["opcode"] and r["kind"] in ("argument", "output", "temp", "constant")
+    assert r["part"] in buffers.PARTS
+    if r["data_bytes"]:
+      assert r["size"] >= r["data_bytes"]
+  # The largest parameter and its momentum are among them, named by their path in the state.
+  op_names = [r["op_name"] for r in largest]
+  assert "state.params['visual_backbone']['conv5_0']['kernel']" in op_names
+  assert any(n.startswith("state.opt_state") for n in op_names)
+  totals = account["allocation_totals"]
+  assert totals["device argument"] == memory["argument"]
+  assert totals["device temp"] == memory["temp"]
+  assert account["live_out_argument_totals"]["device"] == memory["alias"]  # the donated state
+  assert totals["device output"] + memory["alias"] == memory["output"]
+  # Every part of the model defines some of the temporaries.
+  for part in ("augmentation", "efficientface stem", "efficientface stages", "batch norm", "temporal convs",
+               "audio branch", "fusion"):
+    assert account["by_part"][part].get("device temp", 0) > 0, part
+  assert "optimizer" in account["by_part"]
+  text = buffers.format_account(account)
+  assert "efficientface stages" in text and "state.params['visual_backbone']['conv5_0']['kernel']" in text
