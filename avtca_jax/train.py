@@ -44,7 +44,7 @@ from ml_collections import config_flags
 
 from avtca_jax import (checkpointing, compilation_cache, config_validation, console, data_sources,
                        evaluate as evaluate_lib, metric_writers, steps as steps_lib)
-from avtca_jax.config_validation import ConfigError, default_config  # noqa: F401  (also public here)
+from avtca_jax.config_validation import ConfigError
 
 Array = jax.Array
 

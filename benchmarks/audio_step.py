@@ -29,8 +29,8 @@ from benchmarks import records
 
 def audio_config(batch_size: int):
   """configs/ravdess.py:audio_only (the original's SGD) at `batch_size`."""
-  from avtca_jax import train
-  config = train.default_config("audio_only")
+  from avtca_jax import config_validation
+  config = config_validation.default_config("audio_only")
   config.batch_size = batch_size
   return config
 

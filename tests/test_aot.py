@@ -145,8 +145,8 @@ def test_aot_takes_the_trainers_config_and_refuses_a_batch_the_target_cannot_spl
 
 
 def test_config_for_batch_spreads_the_batch_over_the_devices():
-  from avtca_jax import train
-  config = train.default_config("fold1")
+  from avtca_jax import config_validation
+  config = config_validation.default_config("fold1")
   config.lock()
   probe = aot.config_for_batch(config, 24, 8)
   assert probe.batch_size == 192 and config.batch_size == 8  # a copy: the parsed config stays as given
@@ -268,9 +268,9 @@ def test_buffers_of_the_compiled_step_add_up_to_its_memory_analysis():
   """The trainer's train step (smoke config, 32 px, 1 clip) compiled for this CPU with the buffer account:
   real buffers, and the allocations add up to what `memory_analysis` says the program holds."""
   import jax
-  from avtca_jax import train
+  from avtca_jax import config_validation
   from benchmarks import buffers
-  config = train.default_config("smoke")
+  config = config_validation.default_config("smoke")
   config.image_size, config.batch_size, config.compilation_cache_dir = 32, 1, "none"
   result = aot.compile_step(config, aot.data_mesh(jax.devices("cpu")[:1]), buffers=12)
   account, memory = result["buffers"], result["memory"]
