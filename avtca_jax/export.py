@@ -35,13 +35,13 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from avtca_jax import console
+from avtca_jax.preprocessing.audio import MFCC_SHAPE  # numpy only: loading an export needs no flax
+from avtca_jax.preprocessing.config import NUM_FRAMES, PreprocessConfig
 
 MODEL_FILE = "model.jaxexport"
 INFO_FILE = "export.json"
 FORMAT = "avtca-jax export 1"
 DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
-MFCC_SHAPE = (156, 10)  # = models.avtca.MFCC_SHAPE (not imported: loading an export needs no flax)
-NUM_FRAMES_AND_CROP = (15, 224)  # preprocessing's frames per clip and crop size
 
 
 def is_export(path: str) -> bool:
@@ -57,7 +57,7 @@ def export_model(loaded, platforms: Sequence[str] = DEFAULT_PLATFORMS):
   forward = loaded.forward()
   if loaded.audio_only:
     return jax_export.export(jax.jit(lambda m: forward(m)), platforms=tuple(platforms))(mfcc)
-  frames, crop = NUM_FRAMES_AND_CROP
+  frames, crop = NUM_FRAMES, PreprocessConfig.crop_size  # what preprocessing writes
   if loaded.config.num_frames != frames:
     raise ValueError(f"{loaded.path}: the model takes {loaded.config.num_frames} frames per clip, preprocessing "
                      f"gives {frames}: it cannot run on preprocessed clips")

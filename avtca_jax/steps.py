@@ -27,7 +27,7 @@ import optax
 from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from avtca_jax import augment
+from avtca_jax import augment, batch as batch_lib
 from avtca_jax.config_validation import ConfigError
 from avtca_jax.models import avtca, efficientface, layers
 
@@ -212,12 +212,9 @@ def abstract_batch(config, batch_size: int, mesh, stored_image_size: Optional[in
   """Shapes and shardings of one global training batch as `to_devices` places it (uint8 RGB crops of the
   stored size, which the step resizes to `config.image_size`): for ahead-of-time compilation."""
   sharding = NamedSharding(mesh, P("data"))
-  size = stored_image_size or config.image_size
-  shapes = {"mfcc": ((batch_size,) + avtca.MFCC_SHAPE, jnp.float32), "label": ((batch_size,), jnp.int32),
-            "mask": ((batch_size,), jnp.bool_)}
-  if config.model != "audio":
-    shapes["frames"] = ((batch_size, config.num_frames, size, size, 3), jnp.uint8)
-  return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for k, (shape, dtype) in shapes.items()}
+  shapes = batch_lib.example_shapes(config.num_frames, stored_image_size or config.image_size)
+  keys = [k for k in DEVICE_KEYS if not (k == "frames" and config.model == "audio")]
+  return {k: jax.ShapeDtypeStruct((batch_size,) + shapes[k], batch_lib.DTYPES[k], sharding=sharding) for k in keys}
 
 
 def make_train_step(config, model, tx, mesh):
