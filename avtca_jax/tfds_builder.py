@@ -27,10 +27,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from avtca_jax import datasets, splits
+from avtca_jax.clip_examples import (JPEG_QUALITY, REPORT_NAME, clip_example,  # noqa: F401 (JPEG_QUALITY: API)
+                                     generated_clip, paper_random_assignment)
 from avtca_jax.preprocessing.audio import MFCC_SHAPE
 from avtca_jax.preprocessing.config import NUM_FRAMES
 
-JPEG_QUALITY = 90
 FRAME_ENCODINGS = ("jpeg", "raw")
 
 
@@ -103,10 +104,19 @@ class ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   # ---- generation -------------------------------------------------------------------------------------
 
+  def _generate_splits(self, dl_manager, download_config):
+    # tfds runs Beam when a split generator is a Beam object; beam options (`tfds build
+    # --beam_pipeline_options=...`, or DownloadConfig(beam_options=...) / beam_runner) choose that path here.
+    self._use_beam = download_config.beam_options is not None or download_config.beam_runner is not None
+    return super()._generate_splits(dl_manager, download_config)
+
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    if getattr(self, "_use_beam", False):
+      return self._beam_split_generators(dl_manager)
     config = self.builder_config
     if config.source == "generated":
-      records = self._generated_records()
+      records = [dict(r, load=lambda r=r: generated_clip(r, config.image_size, config.seed))
+                 for r in self._generated_records()]
       report = {"source": "generated", "clips_written": len(records), "skipped": []}
     else:
       cache_dir = Path(self._preprocess_cache_dir or
@@ -117,52 +127,73 @@ class ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     records.sort(key=lambda r: r["stem"])
     self.info.metadata["preprocessing"] = report_summary(report)
     Path(self.data_path).mkdir(parents=True, exist_ok=True)
-    (Path(self.data_path) / "preprocessing_report.json").write_text(json.dumps(report, indent=1, default=str))
+    (Path(self.data_path) / REPORT_NAME).write_text(json.dumps(report, indent=1, default=str))
 
-    by_actor: Dict[int, List[dict]] = {}
-    for r in records:
-      by_actor.setdefault(r["actor"], []).append(r)
-    generators = {self.DATASET.group_split(a): self._generate_examples(rs) for a, rs in sorted(by_actor.items())}
-    # The paper's random 80/20 clip split, over the clips in canonical (stem) order.
-    parts = splits.paper_random(len(records))
+    by_split: Dict[str, List[dict]] = {}
+    for r in sorted(records, key=lambda r: r["actor"]):
+      by_split.setdefault(self.DATASET.group_split(r["actor"]), []).append(r)
+    parts = paper_random_assignment([r["stem"] for r in records])
     for part in ("train", "test"):
-      chosen = [r for r, p in zip(records, parts) if p == part]
+      chosen = [r for r in records if parts[r["stem"]] == part]
       if chosen:
-        generators[f"{datasets.RANDOM_PROTOCOL}_{part}"] = self._generate_examples(chosen)
-    return generators
+        by_split[f"{datasets.RANDOM_PROTOCOL}_{part}"] = chosen
+    return {name: self._generate_examples(rs) for name, rs in by_split.items()}
 
   def _generate_examples(self, records: List[dict]):
     config = self.builder_config
     for r in records:
-      clip = r["load"]()
-      crops = np.asarray(clip["face_crops"], np.uint8)
-      expected = (NUM_FRAMES, config.image_size, config.image_size, 3)
-      if crops.shape != expected:
-        raise ValueError(f"{r['stem']}: face crops {crops.shape}, expected {expected}")
-      frames = encode_jpeg_frames(crops) if config.frame_encoding == "jpeg" else crops
-      yield r["stem"], {
-          "frames": frames,
-          "mfcc": np.asarray(clip["mfcc"], np.float32),
-          "label": int(r["label"]),
-          "actor": int(r["actor"]),
-          "modality": int(r["modality"]),
-          "stem": r["stem"],
-          "filled_frames": int(r.get("filled_frames", 0)),
-      }
+      yield clip_example(r, r["load"](), config.frame_encoding, config.image_size)
 
   def _generated_records(self) -> List[dict]:
-    """Synthetic clips (avtca_jax.synthetic), made once here (each is written twice: its speaker's split
-    and a paper_random split)."""
-    from avtca_jax import synthetic
+    """The synthetic clips (avtca_jax.synthetic) of the generated config, as records whose `generated`
+    (label, actor, index) makes the clip (`generated_clip`)."""
+    return [dict(stem=self.generated_stem(label, actor, index), label=label, actor=actor, modality=1,
+                 filled_frames=0, generated=(label, actor, index))
+            for actor in self.generated_groups() for label in range(self.DATASET.num_classes)
+            for index in range(self.builder_config.clips_per_class)]
+
+  # ---- generation on Apache Beam ------------------------------------------------------------------------
+
+  def _download_sources(self, manual_dir: Path) -> Tuple[List[dict], dict]:
+    """For a Beam build: one source per clip (stem, label, actor, modality, video, audio: None for the
+    video's own soundtrack) found in manual_dir, and the listing's report; nothing is preprocessed here."""
+    raise NotImplementedError(f"{type(self).__name__} has no Beam build")
+
+  def _beam_split_generators(self, dl_manager) -> Dict[str, object]:
+    """The same splits as the local path, as Beam transforms: the clips are listed here and preprocessed
+    by the Beam workers (`beam_clips`)."""
     config = self.builder_config
-    records = []
-    for actor in self.generated_groups():
-      for label in range(self.DATASET.num_classes):
-        for index in range(config.clips_per_class):
-          clip = synthetic.make_clip(label, actor, index, config.image_size, config.seed)
-          records.append(dict(stem=self.generated_stem(label, actor, index), label=label, actor=actor,
-                              modality=1, filled_frames=0, load=lambda clip=clip: clip))
-    return records
+    if config.source == "generated":
+      sources, report = self._generated_records(), {"source": "generated", "skipped": []}
+    else:
+      sources, report = self._download_sources(Path(dl_manager.manual_dir))
+    if not sources:
+      raise ValueError(f"no usable clips (report: {json.dumps(report)[:2000]})")
+    sources = sorted(sources, key=lambda s: s["stem"])
+    actors = sorted({s["actor"] for s in sources})
+    names = [self.DATASET.group_split(a) for a in actors]
+    names += [f"{datasets.RANDOM_PROTOCOL}_{part}" for part in ("train", "test")
+              if part in set(splits.paper_random(len(sources)))]
+    sources = [dict(s, split=self.DATASET.group_split(s["actor"])) for s in sources]
+    report = dict(report, runner="beam", clips_found=len(sources) + len(report.get("skipped", [])))
+    settings = dict(frame_encoding=config.frame_encoding, image_size=config.image_size, seed=config.seed,
+                    preprocess=preprocess_config(config.image_size).to_json())
+    self._beam_report_path = os.fspath(tfds.core.Path(self.data_path) / REPORT_NAME)
+    from avtca_jax import clip_examples
+    return clip_examples.beam_split_transforms(sources, names, settings, report, self._beam_report_path)
+
+  def _process_pipeline_result(self, pipeline_result):
+    """After the Beam pipeline: its preprocessing report into the dataset's metadata (as the local path)."""
+    super()._process_pipeline_result(pipeline_result)
+    path = tfds.core.Path(self._beam_report_path)
+    report = self._checked_beam_report(json.loads(path.read_text()))
+    path.write_text(json.dumps(report, indent=1, default=str))
+    self.info.metadata["preprocessing"] = report_summary(report)
+
+  def _checked_beam_report(self, report: dict) -> dict:
+    """A subclass's additions to the Beam build's report, and its checks of the clips the workers kept
+    (report['written']), e.g. no class left without training clips (ValueError)."""
+    return report
 
   # ---- reading ------------------------------------------------------------------------------------------
 
@@ -177,17 +208,6 @@ class ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     else:
       split = resolve(split)
     return super().as_dataset(split, *args, **kwargs)
-
-
-def encode_jpeg_frames(crops: np.ndarray) -> List[bytes]:
-  import cv2
-  out = []
-  for frame in crops:
-    ok, buf = cv2.imencode(".jpg", frame[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:
-      raise ValueError("JPEG encoding failed")
-    out.append(buf.tobytes())
-  return out
 
 
 def report_summary(report: dict) -> dict:
@@ -283,6 +303,30 @@ def preprocessed_records(manual_dir: Path, cache_dir: Path, *, naming: str, moda
     out.append(dict(stem=stem, label=name.label, actor=name.actor, modality=name.modality,
                     filled_frames=int(filled.get(stem, 0)), load=lambda path=path: load_clip(path)))
   return out, report
+
+
+def listed_sources(manual_dir: Path, *, naming: str, modalities: Sequence[int] = (1,),
+                   missing_hint: str = "") -> Tuple[List[dict], dict]:
+  """For a Beam build: one source per clip found in manual_dir, paired with its audio as the local
+  preprocessing pairs them (stem, label, actor, modality, video, audio), and the listing's report (videos
+  rejected by name, a second file with a stem already listed)."""
+  from avtca_jax.preprocessing.names import VIDEO_EXTENSIONS, find_clips
+  manual_dir = Path(manual_dir)
+  if not manual_dir.is_dir():
+    raise FileNotFoundError(f"manual_dir {manual_dir} does not exist: {missing_hint or 'download the dataset'}"
+                            " into it (docs/data.md)")
+  pairs, problems = find_clips(manual_dir, modalities=modalities, naming=naming)
+  skipped = [dict(path=p.path, reason=p.reason) for p in problems if p.path.lower().endswith(VIDEO_EXTENSIONS)]
+  sources, seen = [], {}
+  for pair in pairs:
+    name = pair.name
+    if name.stem in seen:
+      skipped.append(dict(path=str(pair.video), reason=f"same name as {seen[name.stem]}; only that one is used"))
+      continue
+    seen[name.stem] = pair.video
+    sources.append(dict(stem=name.stem, label=name.label, actor=name.actor, modality=name.modality,
+                        video=str(pair.video), audio=None if pair.audio is None else str(pair.audio)))
+  return sources, dict(source=naming, input=str(manual_dir.resolve()), skipped=skipped)
 
 
 # ---- `tfds build` without apache_beam ------------------------------------------------------------------------

@@ -97,6 +97,20 @@ class Builder(tfds_builder.ClipBuilder):
     return super()._info()
 
   def _download_records(self, manual_dir: Path, cache_dir: Path) -> Tuple[List[dict], dict]:
+    table = self._checked_source(manual_dir)
+    records, report = tfds_builder.preprocessed_records(
+        manual_dir, cache_dir, naming="crema_d", modalities=[1], image_size=self.builder_config.image_size,
+        workers=self._preprocess_workers, missing_hint="download CREMA-D")
+    return self._labelled(records, report, table)
+
+  def _download_sources(self, manual_dir: Path) -> Tuple[List[dict], dict]:
+    table = self._checked_source(manual_dir)
+    sources, report = tfds_builder.listed_sources(manual_dir, naming="crema_d", modalities=[1],
+                                                  missing_hint="download CREMA-D")
+    return self._labelled(sources, report, table)
+
+  def _checked_source(self, manual_dir: Path) -> Path:
+    """The crowd's vote table (needed by the perceived labels), after checking the config's source."""
     config = self.builder_config
     if config.source != "crema_d":
       raise ValueError(f"unknown source {config.source!r}")
@@ -104,22 +118,24 @@ class Builder(tfds_builder.ClipBuilder):
     if config.label_source == "perceived" and not table.is_file():
       raise FileNotFoundError(f"{table} not found: the av_perceived config reads the crowd's votes from the "
                               "CREMA-D download's processedResults/summaryTable.csv")
-    records, report = tfds_builder.preprocessed_records(
-        manual_dir, cache_dir, naming="crema_d", modalities=[1], image_size=config.image_size,
-        workers=self._preprocess_workers, missing_hint="download CREMA-D")
-    if config.label_source == "perceived":
-      votes = perceived_labels(table)
-      kept = []
-      for r in records:
-        vote = votes.get("_".join(r["stem"].split("_")[:4]))  # the take, without a copy's suffix
-        if isinstance(vote, int):
-          kept.append(dict(r, label=vote))
-        else:
-          why = "no crowd vote in summaryTable.csv" if vote is None else f"the crowd's vote is a tie ({vote})"
-          report.setdefault("skipped", []).append(dict(path=r["stem"], reason=why))
-      report["label_source"] = "perceived"
-      records = kept
-    return records, report
+    return table
+
+  def _labelled(self, records: List[dict], report: dict, table: Path) -> Tuple[List[dict], dict]:
+    """The records (or Beam sources) with the config's labels; with the perceived labels, a clip whose vote
+    is missing or tied is left out and listed in the report."""
+    if self.builder_config.label_source != "perceived":
+      return records, report
+    votes = perceived_labels(table)
+    kept = []
+    for r in records:
+      vote = votes.get("_".join(r["stem"].split("_")[:4]))  # the take, without a copy's suffix
+      if isinstance(vote, int):
+        kept.append(dict(r, label=vote))
+      else:
+        why = "no crowd vote in summaryTable.csv" if vote is None else f"the crowd's vote is a tie ({vote})"
+        report.setdefault("skipped", []).append(dict(path=r["stem"], reason=why))
+    report["label_source"] = "perceived"
+    return kept, report
 
   def generated_groups(self):
     return sorted(a for fold in DATASET.folds for a in fold[:self.builder_config.generated_actors_per_fold])

@@ -160,6 +160,20 @@ class Builder(tfds_builder.ClipBuilder):
     report["manifest"] = str(manifest.path)
     return records, report
 
+  def _download_sources(self, manual_dir: Path):
+    if self.builder_config.source != "manifest":
+      raise ValueError(f"unknown source {self.builder_config.source!r}")
+    sources = [dict(stem=r.stem, label=r.label, actor=r.group, modality=1, video=str(r.video),
+                    audio=None if r.audio is None else str(r.audio)) for r in self._manifest.rows]
+    return sources, dict(source="manifest", manifest=str(self._manifest.path), skipped=[])
+
+  def _checked_beam_report(self, report: dict) -> dict:
+    """The skipped clips with their CSV line, as on the local path; every class keeps training clips."""
+    lines = {str(r.video): r.line for r in self._manifest.rows}
+    report["skipped"] = [dict(s, line=lines.get(s["path"])) for s in report.get("skipped", [])]
+    _check_training_clips(self._manifest, set(report["written"]), report)
+    return report
+
   def generated_stem(self, label: int, actor: int, index: int) -> str:
     raise ValueError("the manifest builder has no generated config")
 

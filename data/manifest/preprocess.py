@@ -54,6 +54,8 @@ def main(args_path: str) -> None:
       tasks.append((c["line"], c["stem"], c["video"], c["audio"], str(path), args["config"], source))
   workers = min(int(args["workers"]), len(tasks))
   bar = clips.progress_bar(len(tasks)) if tasks and args.get("progress", True) else None
+  if tasks and workers <= 1:
+    clips._init_worker()  # in this process: one torch and OpenCV thread, as every worker process has
   results = clips.run_tasks(_run_one, tasks, workers if workers > 1 else 0, bar,
                             lambda r: f"skipped line {r['line']} {r['video']}: {r['reason']}")
   filled = {r["stem"]: r["filled_frames"] for r in results if r["status"] == "written" and r["filled_frames"]}

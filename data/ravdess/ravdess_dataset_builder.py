@@ -104,5 +104,12 @@ class Builder(tfds_builder.ClipBuilder):
         image_size=self.builder_config.image_size, workers=self._preprocess_workers,
         missing_hint="download RAVDESS")
 
+  def _download_sources(self, manual_dir: Path):
+    if self.builder_config.source != "ravdess":
+      raise ValueError(f"unknown source {self.builder_config.source!r}")
+    return tfds_builder.listed_sources(
+        manual_dir, naming="ravdess", modalities=[1, 2] if self.builder_config.include_video_only else [1],
+        missing_hint="download RAVDESS")
+
   def generated_stem(self, label: int, actor: int, index: int) -> str:
     return f"generated-{label + 1:02d}-{index:02d}-{actor:02d}"
