@@ -92,3 +92,13 @@ def test_report_renders_both_benchmarks(tmp_path):
   assert "| crema_d | ours | 6 | 0.25 | 4.00 | 0.40 | 90/90 | 6/6 |" in text
   assert text.index("### 2026-12-04 22:22 UTC: preprocessing_speed_1.json") < text.index(
       "### 2026-12-04 22:40 UTC: finetune_steps_1.json")
+
+
+def test_generated_data_on_both_sides_is_said_to_share_one_generator():
+  from avtca_jax import bundled
+  config = bundled.config_module("crema_d").get_config("smoke")
+  assert finetune_steps.describe_data(config) == "crema_d/generated (generated clips, avtca_jax/synthetic.py)"
+  result = _result()
+  assert finetune_steps.SAME_GENERATOR not in finetune_steps.markdown(result)
+  result["data"] = {"pretrain": "ravdess/generated (generated clips)", "crema_d": "crema_d/generated (generated clips)"}
+  assert finetune_steps.SAME_GENERATOR in finetune_steps.markdown(result)
