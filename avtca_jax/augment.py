@@ -60,9 +60,10 @@ def _warp_clip(clip, flip, angle_degrees):
   y0 = y0.astype(jnp.int32)
   x0c, x1c = jnp.clip(x0, 0, w - 1), jnp.clip(x0 + 1, 0, w - 1)
   y0c, y1c = jnp.clip(y0, 0, h - 1), jnp.clip(y0 + 1, 0, h - 1)
-  # One gather of (T*C)-vectors per output pixel serves all frames of the clip.
-  flat = jnp.moveaxis(clip, 0, 2).reshape(h * w, t * c).astype(jnp.float32)  # (H*W, T*C)
-  take = lambda yy, xx: jnp.take(flat, (yy * w + xx).reshape(-1), axis=0).reshape(h, w, t * c)
+  # One gather of (T*C)-vectors per output pixel serves all frames of the clip. The gathers read the clip in
+  # its own dtype (uint8 crops: a quarter of float32's bytes) and convert what they took, which is exact.
+  flat = jnp.moveaxis(clip, 0, 2).reshape(h * w, t * c)  # (H*W, T*C)
+  take = lambda yy, xx: jnp.take(flat, (yy * w + xx).reshape(-1), axis=0).reshape(h, w, t * c).astype(jnp.float32)
   top = take(y0c, x0c) * (1 - wx) + take(y0c, x1c) * wx
   bottom = take(y1c, x0c) * (1 - wx) + take(y1c, x1c) * wx
   out = (top * (1 - wy) + bottom * wy) * inside[..., None]
@@ -97,15 +98,16 @@ def random_flip_and_rotate(rng: jax.Array, frames: jax.Array, max_angle: int = M
   return flip_and_rotate(frames, flip, angle)
 
 
-@jax.jit
+@functools.partial(jax.jit, static_argnames=("permute",))
 def softhard(rng: jax.Array, mfcc: jax.Array, frames: jax.Array, labels: jax.Array,
-             coefficients: Optional[jax.Array] = None):
+             coefficients: Optional[jax.Array] = None, permute: bool = True):
   """'softhard' modality dropout: B clips -> 4B samples, randomly permuted.
 
   Blocks before the permutation: originals; audio * c with video * (1 - c), c = randint(0, 100) / 100 per
   clip (0.00 .. 0.99); audio zeroed (all-zero MFCCs, not the MFCC of silence); video zeroed. Labels are
   repeated. `coefficients` (B,) overrides the draw (tests). Returns (mfcc, frames, labels, permutation),
-  where sample i of the output is sample permutation[i] of the concatenated blocks.
+  where sample i of the output is sample permutation[i] of the concatenated blocks. `permute=False` keeps
+  the blocks in order (permutation = identity; see `modality_dropout`).
   """
   _check_float_frames(frames)
   coefficient_rng, permutation_rng = jax.random.split(rng)
@@ -117,12 +119,19 @@ def softhard(rng: jax.Array, mfcc: jax.Array, frames: jax.Array, labels: jax.Arr
   mfcc = jnp.concatenate([mfcc, mfcc * c_audio, jnp.zeros_like(mfcc), mfcc])
   frames = jnp.concatenate([frames, frames * c_video, frames, jnp.zeros_like(frames)])
   labels = jnp.concatenate([labels] * 4)
-  permutation = jax.random.permutation(permutation_rng, 4 * b)
+  return _permuted(permutation_rng, permute, mfcc, frames, labels)
+
+
+def _permuted(rng, permute: bool, mfcc, frames, labels):
+  n = labels.shape[0]
+  if not permute:
+    return mfcc, frames, labels, jnp.arange(n)
+  permutation = jax.random.permutation(rng, n)
   return mfcc[permutation], frames[permutation], labels[permutation], permutation
 
 
-@jax.jit
-def noise(rng: jax.Array, mfcc: jax.Array, frames: jax.Array, labels: jax.Array):
+@functools.partial(jax.jit, static_argnames=("permute",))
+def noise(rng: jax.Array, mfcc: jax.Array, frames: jax.Array, labels: jax.Array, permute: bool = True):
   """'noise' modality dropout: B clips -> 3B samples, randomly permuted.
 
   Blocks before the permutation: originals; audio replaced by N(0, 1) (video kept); video replaced by
@@ -138,19 +147,22 @@ def noise(rng: jax.Array, mfcc: jax.Array, frames: jax.Array, labels: jax.Array)
   mfcc = jnp.concatenate([mfcc, audio_noise, mfcc])
   frames = jnp.concatenate([frames, frames, video_noise])
   labels = jnp.concatenate([labels] * 3)
-  permutation = jax.random.permutation(permutation_rng, 3 * b)
-  return mfcc[permutation], frames[permutation], labels[permutation], permutation
+  return _permuted(permutation_rng, permute, mfcc, frames, labels)
 
 
 def modality_dropout(rng: jax.Array, mode: Optional[str], mfcc: jax.Array, frames: jax.Array,
-                     labels: jax.Array):
-  """Dispatch on `mode` ('softhard', 'noise', or None / 'none' for no dropout). Returns (mfcc, frames, labels)."""
+                     labels: jax.Array, permute: bool = True):
+  """Dispatch on `mode` ('softhard', 'noise', or None / 'none' for no dropout). Returns (mfcc, frames, labels).
+
+  `permute=False` skips the original's shuffle of the grown batch. The train step uses that: its loss is a
+  mean over samples and batch norm's statistics are sums over them, so the order of the samples within one
+  step changes nothing but float rounding, while the shuffle costs a gather of every sample's frames."""
   if mode in (None, "none", "nodropout"):
     return mfcc, frames, labels
   if mode == "softhard":
-    return softhard(rng, mfcc, frames, labels)[:3]
+    return softhard(rng, mfcc, frames, labels, permute=permute)[:3]
   if mode == "noise":
-    return noise(rng, mfcc, frames, labels)[:3]
+    return noise(rng, mfcc, frames, labels, permute=permute)[:3]
   raise ValueError(f"unknown modality dropout {mode!r}; expected one of {DROPOUT_MODES} or None")
 
 

@@ -139,13 +139,15 @@ def model_inputs(config, batch, rng: Optional[Array] = None, train: bool = False
     return mfcc, None, labels
   if train and config.flip_rotate:
     frames = augment.random_flip_and_rotate(jax.random.fold_in(rng, 0), frames)
-  frames = avtca.frames_from_uint8(frames, config.channel_order)
+  # Straight to the compute dtype: the model casts its input to it anyway, and the grown (4B-sample) batch of
+  # modality dropout is then bfloat16, not float32, in a bfloat16 run.
+  frames = avtca.frames_from_uint8(frames, config.channel_order, dtype=jnp.dtype(config.dtype))
   if frames.shape[2] != config.image_size:  # a smaller model input than the stored crops (fast configs)
     size = (config.image_size, config.image_size)
     frames = jax.image.resize(frames, frames.shape[:2] + size + frames.shape[4:], "bilinear")
   if train and config.modality_dropout != "none":
     mfcc, frames, labels = augment.modality_dropout(jax.random.fold_in(rng, 1), config.modality_dropout,
-                                                    mfcc, frames, labels)
+                                                    mfcc, frames, labels, permute=False)
   return mfcc, frames, labels
 
 

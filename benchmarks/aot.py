@@ -210,11 +210,12 @@ class OutOfMemory(Exception):
 
 
 def compile_step(config, mesh, which: str = "train", stored_image_size: Optional[int] = None,
-                 buffers: int = 0) -> dict:
+                 buffers: int = 0, dump_dir: str = "") -> dict:
   """Lower and compile the trainer's train (or eval) step for `mesh`; memory, cost and compile time.
 
   `buffers` > 0: compile with XLA's dumps (into a temporary folder) and add the `buffers` account of the
-  compiled program's buffer assignment (benchmarks/buffers.py), its `buffers` largest buffers listed."""
+  compiled program's buffer assignment (benchmarks/buffers.py), its `buffers` largest buffers listed.
+  `dump_dir`: write the dumps there and keep them (otherwise a temporary folder, removed afterwards)."""
   import tempfile
   import jax
   from jax.sharding import NamedSharding, PartitionSpec as P
@@ -231,13 +232,17 @@ def compile_step(config, mesh, which: str = "train", stored_image_size: Optional
     batch = steps_lib.abstract_batch(config, batch_size, mesh, stored_image_size)
     weights = jax.ShapeDtypeStruct((4,), jax.numpy.float32, sharding=NamedSharding(mesh, P()))
     step, args = steps.predict_step, (steps.abstract_state, batch, weights)
-  dump_dir = tempfile.mkdtemp(prefix="avtca_aot_dump_") if buffers else None
+  keep_dump = bool(dump_dir) and bool(buffers)
+  if keep_dump:
+    os.makedirs(dump_dir, exist_ok=True)
+  else:
+    dump_dir = tempfile.mkdtemp(prefix="avtca_aot_dump_") if buffers else None
   start = time.perf_counter()
   lowered = step.lower(*args)
   try:
     compiled = lowered.compile(compiler_options=buffer_dump_options(dump_dir)) if dump_dir else lowered.compile()
   except Exception as error:  # XLA raises XlaRuntimeError; its text says RESOURCE_EXHAUSTED on OOM
-    if dump_dir:
+    if dump_dir and not keep_dump:
       shutil.rmtree(dump_dir, ignore_errors=True)
     text = str(error)
     if "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text or "out of memory" in text.lower():
@@ -252,7 +257,8 @@ def compile_step(config, mesh, which: str = "train", stored_image_size: Optional
     try:
       result["buffers"] = buffers_lib.account_from_dump(dump_dir, top=buffers)
     finally:
-      shutil.rmtree(dump_dir, ignore_errors=True)
+      if not keep_dump:
+        shutil.rmtree(dump_dir, ignore_errors=True)
   return result
 
 
@@ -453,6 +459,7 @@ class Options:
   skip_cpu_cost: bool = False
   gpu_memory_fraction: float = 0.75
   buffers: int = 0  # > 0: list this many of the train step's largest buffers (benchmarks/buffers.py)
+  dump_dir: str = ""  # with buffers: keep XLA's dumps of the train step in this folder
 
 
 def run(config, args, log=print) -> dict:
@@ -489,7 +496,7 @@ def run(config, args, log=print) -> dict:
             "config": config.to_dict()}
   log(f"{target.name}: {target.num_devices} x {chip.name} on {target.num_hosts} host(s), {config.dtype}, "
       f"remat={config.remat}, {config.image_size} px, {config.modality_dropout} dropout")
-  at_batch = compile_step(config, mesh, buffers=args.buffers)
+  at_batch = compile_step(config, mesh, buffers=args.buffers, dump_dir=args.dump_dir)
   at_batch["fits"] = fits(at_batch, chip, target.platform, args.gpu_memory_fraction)
   report["at_batch"] = at_batch
   log(f"  train step at {batch_per_device}/device: compiled in {at_batch['compile_s']:.0f} s, total "
@@ -556,6 +563,8 @@ def define_flags():
   flags.DEFINE_integer("buffers", 0, "List the train step's N largest buffers from XLA's buffer assignment, and "
                        "the bytes per part of the model (benchmarks/buffers.py); `--buffers` alone lists "
                        f"{DEFAULT_BUFFERS}.")
+  flags.DEFINE_string("dump_dir", "", "With --buffers: keep XLA's dumps of the train step (optimised HLO, buffer "
+                      "assignment) in this folder.")
   flags.DEFINE_string("out", None, "Write the JSON report here.")
   flags.DEFINE_bool("verbose", False, "Library log messages and full error tracebacks.")
 
@@ -578,7 +587,7 @@ def main(argv):
                              max_compiles=FLAGS.max_compiles, probes=tuple(int(p) for p in FLAGS.probes),
                              skip_eval_step=FLAGS.skip_eval_step, cost_from=FLAGS.cost_from,
                              skip_cpu_cost=FLAGS.skip_cpu_cost, gpu_memory_fraction=FLAGS.gpu_memory_fraction,
-                             buffers=FLAGS.buffers)
+                             buffers=FLAGS.buffers, dump_dir=FLAGS.dump_dir)
   stamp = records.stamp("benchmarks.aot")
   try:
     report = run(records.require_config(FLAGS.config, "--config=configs/ravdess.py:fold1"), args)

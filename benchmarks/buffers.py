@@ -288,6 +288,7 @@ def account_from_dump(dump_dir: str, top: int = 20, tpu: Optional[bool] = None) 
     tpu = bool(glob.glob(os.path.join(dump_dir, "*tpu_comp_env.txt")))
   out = account(read(path), read(values_path), read(module_path), top=top, tpu=tpu)
   out["module"] = os.path.basename(path)[:-len("-buffer-assignment.txt")]
+  out["traffic"] = traffic(read(module_path), read(values_path), read(path), tpu=tpu, top=top)
   return out
 
 
@@ -314,4 +315,98 @@ def format_account(buffers: dict) -> str:
     lines.append("  " + f"{part:<22}" + "".join(f"{_mib(row.get(c, 0)):>18}" for c in columns))
   totals = sorted(buffers["allocation_totals"].items())
   lines.append("  allocations (MiB): " + ", ".join(f"{k} {_mib(v)}" for k, v in totals))
+  flow = buffers.get("traffic")
+  if flow:
+    lines.append(f"  device-memory traffic of the {flow['instructions']} top-level instructions (operands read and "
+                 f"results written once each, on-chip arrays left out): {flow['total'] / 1e9:.2f} GB")
+    lines.append(f"  {'part':<22}{'read GB':>10}{'written GB':>12}{'share':>8}{'instructions':>14}")
+    for part, row in flow["by_part"].items():
+      share = (row["read"] + row["written"]) / max(flow["total"], 1)
+      lines.append(f"  {part:<22}{row['read'] / 1e9:>10.2f}{row['written'] / 1e9:>12.2f}{share:>8.1%}"
+                   f"{row['instructions']:>14}")
   return "\n".join(lines)
+
+
+# ---- Memory traffic per part: the HBM bytes each top-level instruction reads and writes ------------------
+
+# Instructions that move no data of their own (views, tuple plumbing, the second half of an async pair).
+_NO_TRAFFIC = {"parameter", "constant", "get-tuple-element", "bitcast", "tuple", "copy-done", "async-done",
+               "all-reduce-done", "all-gather-done", "collective-permute-done", "after-all", "partition-id",
+               "replica-id", "opt-barrier", "add-dependency"}
+_SHAPE_ITEM = re.compile(r"([a-z][a-z0-9]*)\[([\d,]*)\](\{[^}]*\})?")
+
+
+def _array_bytes(shape_text: str, sizes: Dict[str, int], name: str, tpu: bool) -> Tuple[int, int]:
+  """(HBM bytes, on-chip bytes) of an instruction's result: each array of a (tuple) shape, at its laid-out
+  size from the buffer assignment when known, else its data size; `S(n)` in a layout is an on-chip space."""
+  hbm = chip = 0
+  items = _SHAPE_ITEM.findall(shape_text)
+  for i, (dtype, dims, layout) in enumerate(items):
+    elements = 1
+    for d in dims.split(","):
+      elements *= int(d) if d else 1
+    data = elements * _DTYPE_BITS.get(dtype, 32) // 8
+    key = name if len(items) == 1 else f"{name}{{{i}}}"
+    size = sizes.get(key, data)
+    if tpu and re.search(r"S\([1-9]\)", layout or ""):
+      chip += size
+    else:
+      hbm += size
+  return hbm, chip
+
+
+def traffic(hlo_text: str, values_text: str = "", assignment_text: str = "", tpu: bool = False,
+            top: int = 20) -> dict:
+  """Device-memory bytes read and written by the entry computation's instructions, per part of the model.
+
+  Each top-level instruction (a fusion, convolution, copy, collective...) reads its operands and writes its
+  result; arrays in an on-chip space (`S(n)` layouts on TPU) are left out, so the sum is the traffic to HBM
+  (device memory on GPU/CPU) if every operand were read once. XLA's own `bytes accessed` (cost analysis)
+  counts the same kind of sum with unpadded sizes and its own view of partial reads, so the two differ."""
+  sizes = {}
+  for allocation in parse_buffer_assignment(assignment_text) if assignment_text else []:
+    for value in allocation["values"]:
+      sizes.setdefault(value["name"], value["size"])
+  stacks = parse_stack_frames(hlo_text)
+  entry = hlo_text.split("\nENTRY ", 1)[-1] if "\nENTRY " in hlo_text else ""
+  shapes, named, rows = {}, {}, []
+  line_re = re.compile(r"^\s*(?:ROOT )?%([^\s=]+) = (\([^=]*?\)|[a-z][a-z0-9]*\[[^\]]*\](?:\{[^}]*\})?) ([a-z][a-z0-9\-]*)\(")
+  for line in entry.splitlines()[1:]:
+    if line.startswith("}"):
+      break
+    m = line_re.match(line)
+    if not m:
+      continue
+    name, shape, opcode = m.groups()
+    shapes[name] = shape
+    facts = named[name] = instruction_facts(line)
+    if opcode in _NO_TRAFFIC:
+      continue
+    out_hbm, _ = _array_bytes(shape, sizes, name, tpu)
+    read = sum(_array_bytes(shapes.get(op, ""), sizes, op, tpu)[0] for op in facts["operands"])
+    if opcode in ("copy-start", "async-start"):
+      # An asynchronous copy or slice moves its result's bytes: (destination, source, context) for a copy,
+      # ((operands), result, context) for a wrapped slice, which reads only the part it keeps.
+      items = [f"{d}[{s}]{l}" for d, s, l in _SHAPE_ITEM.findall(shape)]
+      result = items[0] if opcode == "copy-start" else items[-2]
+      out_hbm, out_chip = _array_bytes(result, {}, "", tpu)
+      read = min(read, out_hbm + out_chip)
+    if not read + out_hbm:
+      continue
+    for _ in range(4):  # copies and async slices carry no op_name: take their operand's (a few hops)
+      if facts["op_name"] or not facts["operands"] or facts["operands"][0] not in named:
+        break
+      facts = dict(facts, **{k: named[facts["operands"][0]][k] for k in ("op_name", "stack_frame_id", "operands")})
+    stack = stacks.get(facts["stack_frame_id"], []) if facts["stack_frame_id"] is not None else []
+    rows.append({"instruction": name, "opcode": opcode, "fusion_kind": facts["fusion_kind"], "read": read,
+                 "written": out_hbm, "shape": shape if len(shape) < 120 else shape[:117] + "...",
+                 "op_name": facts["op_name"], "part": part_of_model(facts["op_name"], stack)})
+  by_part: Dict[str, Dict[str, int]] = {}
+  for r in rows:
+    row = by_part.setdefault(r["part"], {"read": 0, "written": 0, "instructions": 0})
+    row["read"] += r["read"]
+    row["written"] += r["written"]
+    row["instructions"] += 1
+  rows.sort(key=lambda r: -(r["read"] + r["written"]))
+  return {"total": sum(r["read"] + r["written"] for r in rows), "instructions": len(rows),
+          "largest": rows[:top], "by_part": {p: by_part[p] for p in PARTS if p in by_part}}

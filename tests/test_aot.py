@@ -247,6 +247,36 @@ def test_buffer_account_reads_xlas_buffer_assignment():
   assert "state.opt_state[1].momentum['x']" in buffers.format_account(out)
 
 
+_ENTRY = """ENTRY %main (param: f32[16,100], param.1: f32[128,256]) -> f32[128,256] {
+  %param = f32[16,100]{1,0:T(8,128)} parameter(0), sharding={devices=[4,1]<=[4]}, metadata={op_name="batch[\\'frames\\']"}
+  %param.1 = f32[128,256]{1,0:T(8,128)} parameter(1), sharding={replicated}, metadata={op_name="state.opt_state[1].momentum[\\'x\\']"}
+  %copy-start = (f32[128,256]{1,0:T(8,128)S(1)}, f32[128,256]{1,0:T(8,128)}, u32[]{:S(2)}) copy-start(%param.1), cross_program_prefetch_index=0
+  %copy-done = f32[128,256]{1,0:T(8,128)S(1)} copy-done(%copy-start)
+  %fusion = f32[128,256]{1,0:T(8,128)S(1)} fusion(%param, %copy-done), kind=kOutput, calls=%fused_computation.1, metadata={op_name="jit(f)/transpose(jvp(AVTCA))/visual_backbone/stage2_0/branch2_1/mul" stack_frame_id=2}
+  ROOT %all-reduce = f32[128,256]{1,0:T(8,128)} all-reduce(%fusion), channel_id=1, to_apply=%add.clone, metadata={op_name="jit(f)/psum" stack_frame_id=1}
+}
+"""
+
+
+def test_traffic_counts_the_device_memory_each_instruction_reads_and_writes():
+  """Per top-level instruction: operands read and result written in HBM (on-chip `S(1)` arrays are free),
+  at their laid-out sizes from the buffer assignment; an asynchronous copy moves its result's bytes; views
+  and the done halves of async pairs move nothing."""
+  from benchmarks import buffers
+  out = buffers.traffic(_MODULE.replace("ENTRY %main {\n}\n", _ENTRY), _VALUES, _ASSIGNMENT, tpu=True)
+  rows = {r["instruction"]: r for r in out["largest"]}
+  assert set(rows) == {"copy-start", "fusion", "all-reduce"}
+  assert (rows["copy-start"]["read"], rows["copy-start"]["written"]) == (131072, 0)  # HBM -> VMEM prefetch
+  assert rows["copy-start"]["part"] == "optimizer"  # its operand's op_name
+  assert (rows["fusion"]["read"], rows["fusion"]["written"]) == (8192, 0)  # the padded parameter; VMEM output
+  assert rows["fusion"]["part"] == "batch norm"
+  assert (rows["all-reduce"]["read"], rows["all-reduce"]["written"]) == (0, 131072)
+  assert out["total"] == 131072 + 8192 + 131072
+  assert out["by_part"]["batch norm"] == {"read": 8192, "written": 0, "instructions": 1}
+  # Without the TPU's memory spaces every array is device memory.
+  assert buffers.traffic(_MODULE.replace("ENTRY %main {\n}\n", _ENTRY), _VALUES, _ASSIGNMENT)["total"] > out["total"]
+
+
 def test_parts_of_the_model_from_op_names():
   from benchmarks import buffers
   part = lambda op_name, functions=(): buffers.part_of_model(op_name, [("", f) for f in functions])

@@ -150,3 +150,57 @@ def test_modality_dropout_dispatch_and_uint8_refused():
     augment.modality_dropout(jax.random.key(0), "zeros", mfcc, frames, labels)
   with pytest.raises(TypeError, match="float"):
     augment.softhard(jax.random.key(0), mfcc, frames.astype(jnp.uint8), labels)
+
+
+def test_unpermuted_dropout_is_the_permuted_one_in_block_order():
+  rng = np.random.default_rng(2)
+  mfcc = jnp.asarray(rng.normal(size=(3, 156, 10)).astype(np.float32))
+  frames = jnp.asarray(rng.uniform(size=(3, 15, 4, 4, 3)).astype(np.float32))
+  labels = jnp.array([1, 5, 2])
+  for fn in (augment.softhard, augment.noise):
+    *permuted, perm = fn(jax.random.key(3), mfcc, frames, labels)
+    *blocks, identity = fn(jax.random.key(3), mfcc, frames, labels, permute=False)
+    np.testing.assert_array_equal(identity, np.arange(len(identity)))
+    for p, b in zip(permuted, blocks):
+      np.testing.assert_array_equal(_unpermute(np.asarray(p), perm), np.asarray(b))
+
+
+def test_the_train_loss_and_gradients_do_not_depend_on_the_order_of_samples():
+  """Why the train step may skip the original's shuffle of the grown batch: batch norm's statistics and the
+  mean loss are order-free, so a permuted batch gives the same loss and gradients up to float32 rounding
+  (amplified through the network's batch norms: about 3e-3 of the gradients' norm here), where a batch that
+  is not a permutation (one sample repeated) changes them by about their own size."""
+  import optax
+  from avtca_jax import steps
+  from avtca_jax.config_validation import default_config
+  config = default_config("ravdess:smoke")
+  model = steps.create_model(config, "cpu")
+  rng = np.random.default_rng(4)
+  b = 8
+  mfcc = jnp.asarray(rng.normal(size=(b, 156, 10)).astype(np.float32))
+  frames = jnp.asarray(rng.uniform(size=(b, config.num_frames, config.image_size, config.image_size, 3))
+                       .astype(np.float32))
+  labels = jnp.asarray(rng.integers(0, 8, size=b))
+  variables = model.init(jax.random.key(0), mfcc[:1], frames[:1], train=False)
+
+  def loss(params, m, f, y):
+    logits, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, m, f, train=True,
+                            mutable=["batch_stats"])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  grad = jax.jit(jax.value_and_grad(loss))
+
+  def relative_difference(order):
+    value, grads = grad(variables["params"], mfcc[order], frames[order], labels[order])
+    squares = lambda tree: sum(float(jnp.sum(x ** 2)) for x in jax.tree.leaves(tree))
+    return float(value), (squares(jax.tree.map(jnp.subtract, grads, reference)) / squares(reference)) ** 0.5
+
+  reference_value, reference = grad(variables["params"], mfcc, frames, labels)
+  perm = rng.permutation(b)
+  value, difference = relative_difference(perm)
+  np.testing.assert_allclose(value, reference_value, rtol=1e-6)
+  assert difference < 0.02
+  repeated = perm.copy()
+  repeated[0] = repeated[1]
+  value, difference = relative_difference(repeated)
+  assert abs(value - float(reference_value)) > 1e-4 and difference > 0.2
