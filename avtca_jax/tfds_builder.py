@@ -11,6 +11,11 @@ Face detection and MFCCs run in a separate, clean Python process (`run_preproces
 process has TensorFlow loaded, and with the CUDA build of torch, tensorflow imported before torchvision
 segfaults (inside triton). The per-clip .npz cache lives under `<cache_dir>/<settings hash>/`, so an
 interrupted build, or a build of another config, reuses every clip already done.
+
+Given beam options (`tfds build ... --beam_pipeline_options=...`, or `DownloadConfig(beam_options=...)`),
+the build runs on Apache Beam instead: the builder only lists the clips (`_download_sources`), and the
+workers preprocess them (`avtca_jax.clip_examples`, without the cache). Both paths make each example with
+`clip_examples.clip_example` and write the same splits.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ FRAME_ENCODINGS = ("jpeg", "raw")
 class ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Face crops + MFCCs per clip, one split per speaker. Subclasses set DATASET, BUILDER_CONFIGS, HOMEPAGE,
   CITATION (VERSION, RELEASE_NOTES and DEFAULT_CONFIG_NAME where theirs differ from the defaults here) and
-  define `_download_records` and `generated_stem`. Configs need the fields `source` ('generated' or the
+  define `_download_records` (local builds), `_download_sources` (Beam builds) and `generated_stem`. Configs need the fields `source` ('generated' or the
   download), `frame_encoding`, `image_size`, `clips_per_class`, `seed`."""
 
   DATASET: datasets.Dataset
@@ -115,7 +120,8 @@ class ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       return self._beam_split_generators(dl_manager)
     config = self.builder_config
     if config.source == "generated":
-      records = [dict(r, load=lambda r=r: generated_clip(r, config.image_size, config.seed))
+      # Each clip is made once here and written twice (its speaker's split and a paper_random split).
+      records = [dict(r, load=lambda clip=generated_clip(r, config.image_size, config.seed): clip)
                  for r in self._generated_records()]
       report = {"source": "generated", "clips_written": len(records), "skipped": []}
     else:
@@ -329,7 +335,7 @@ def listed_sources(manual_dir: Path, *, naming: str, modalities: Sequence[int] =
   return sources, dict(source=naming, input=str(manual_dir.resolve()), skipped=skipped)
 
 
-# ---- `tfds build` without apache_beam ------------------------------------------------------------------------
+# ---- `tfds build` with one-line errors ------------------------------------------------------------------------
 
 
 def build_main(argv: Optional[Sequence[str]], build_script: str, manual_hint: str) -> None:
@@ -338,9 +344,9 @@ def build_main(argv: Optional[Sequence[str]], build_script: str, manual_hint: st
 
 
 def build_command(argv: Sequence[str], folder: str, manual_hint: str) -> None:
-  """tfds's own `build` command (same flags as `tfds build`) for the builder in `folder`, without the `tfds`
-  script, which imports apache_beam at start-up. A user error is one line; `--verbose` (ours) keeps library
-  logs and tracebacks. `manual_hint` says what --manual_dir must hold."""
+  """tfds's own `build` command (same flags as `tfds build`, --beam_pipeline_options included) for the builder
+  in `folder` (the default dataset). A user error is one line where the `tfds` script prints a traceback;
+  `--verbose` (ours) keeps library logs and tracebacks. `manual_hint` says what --manual_dir must hold."""
   argv = list(argv)
   verbose = "--verbose" in argv
   argv = [a for a in argv if a != "--verbose"]

@@ -145,6 +145,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   result = dict(benchmark="beam_build", **records.stamp("benchmarks.beam_build", argv), clips=args.clips,
                 image_size=args.image_size, input=f"mp4s made from {SOURCE_VIDEO.name}, 1.2 s, 320x240, own wav",
                 load_average_before=[round(x, 2) for x in os.getloadavg()])
+  from importlib import metadata
+  result["versions"]["apache-beam"] = metadata.version("apache-beam")
   with tempfile.TemporaryDirectory(prefix="beam_build_") as scratch:
     scratch = Path(scratch)
     manifest = write_clips(scratch / "clips", args.clips)
@@ -156,10 +158,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       print(builds[-1], flush=True)
   result["builds"] = builds
   result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-  result["note"] = ("Each build starts the preprocessing processes it needs (torch and MTCNN load once per "
-                    "process: the local build's workers, one per Beam worker), so a few clips mostly measure "
-                    "start-up; the DirectRunner's workers are threads of one process, each feeding its own "
-                    "clean preprocessing process.")
+  result["note"] = ("The DirectRunner runs on this one machine: against the local build it shows Beam's own "
+                    "cost (building the pipeline, passing examples between steps, one preprocessing process "
+                    "started per worker thread, each loading torch and MTCNN), not the speed-up of a cluster "
+                    "(Dataflow, Spark, Flink), which one machine cannot show. CPU seconds are this process's and "
+                    "its finished child processes'.")
   path = records.write_json(args.json or records.default_output("beam_build"), result)
   print(markdown(result))
   print(f"wrote {path}")

@@ -11,8 +11,9 @@ Sources, each result with its date, machine, versions and command, printed besid
 - `benchmarks/aot_results/**/*.json`: `benchmarks.aot` reports (one table row each) and
   `benchmarks.compile_cache` results;
 - `benchmarks/results/*.json`: what `benchmarks.run` (default `--out`), `benchmarks.step_time --json`,
-  `benchmarks.compile_cache --json`, `benchmarks.aot --out`, `benchmarks.preprocessing_speed --json` and
-  `benchmarks.finetune_steps` write there, in date order after the recorded sections.
+  `benchmarks.compile_cache --json`, `benchmarks.aot --out`, `benchmarks.preprocessing_speed --json`,
+  `benchmarks.finetune_steps` and `benchmarks.beam_build` write there, in date order after the recorded
+  sections.
 """
 
 from __future__ import annotations
@@ -162,6 +163,9 @@ def render_result(name: str, result: dict) -> Optional[str]:
   elif command.startswith("python -m benchmarks.finetune_steps"):
     from benchmarks import finetune_steps
     body = finetune_steps.markdown(result)
+  elif command.startswith("python -m benchmarks.beam_build"):
+    from benchmarks import beam_build
+    body = beam_build.markdown(result)
   elif _is_compile_cache(result):
     return render_compile_cache(name, result)
   elif _is_aot(result):

@@ -1,7 +1,10 @@
-"""`tfds build` for the CREMA-D builder, runnable without apache_beam (as data/ravdess/build.py):
+"""`tfds build` for the CREMA-D builder, with one-line errors (as data/ravdess/build.py):
 
     python -m data.crema_d.build --config av --manual_dir ~/CREMA-D --data_dir ~/tensorflow_datasets
     python -m data.crema_d.build --config generated
+    python -m data.crema_d.build --config av --manual_dir ~/CREMA-D --beam_pipeline_options=runner=DirectRunner
+
+`tfds build data/crema_d ...` takes the same flags.
 """
 
 import os

@@ -8,9 +8,10 @@ Options: --manifest (the CSV), --labels (a file, one class per line, found from 
 the CSV's, or names separated by commas; default labels.txt beside the CSV, else the CSV's labels sorted),
 --name (default: the CSV's folder name), --num_folds (speaker-independent folds when the CSV has no fold
 column; default 5), --image_size (stored face crops, default 224), --frame_encoding (jpeg or raw), --workers
-(face-detection processes). Every other flag is tfds build's (--data_dir, --overwrite, ...), run without
-apache_beam as data/ravdess/build.py does. The dataset lands in <data_dir>/manifest/<name>/1.0.0; the last
-line printed is the command that trains on it.
+(face-detection processes). Every other flag is tfds build's (--data_dir, --overwrite,
+--beam_pipeline_options for Apache Beam: docs/data.md "Large datasets"), with one-line errors as
+data/ravdess/build.py. The dataset lands in <data_dir>/manifest/<name>/1.0.0; the last line printed is the
+command that trains on it.
 """
 
 import argparse

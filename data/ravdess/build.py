@@ -1,11 +1,14 @@
-"""`tfds build` for this builder, runnable without apache_beam.
-
-tensorflow-datasets 4.9.10's `tfds` command imports apache_beam at start-up (for its convert_format
-command), so `tfds build data/ravdess ...` fails with "No module named 'apache_beam'" unless beam is
-installed. This runs the same `build` command (same flags) directly:
+"""`tfds build` for this builder, with one-line errors:
 
     python -m data.ravdess.build data/ravdess --config av --manual_dir ~/RAVDESS --data_dir ~/tensorflow_datasets
     python -m data.ravdess.build data/ravdess --config generated
+    python -m data.ravdess.build --config av --manual_dir ~/RAVDESS --data_dir gs://BUCKET/tfds \
+        --beam_pipeline_options=runner=DataflowRunner,project=P,region=R,temp_location=gs://BUCKET/tmp
+
+It runs tfds's own `build` command (the same flags as `tfds build data/ravdess ...`, which works as well):
+what it adds is this folder as the default dataset, a one-line error instead of a traceback for a user
+error (a missing --manual_dir says what it must hold), and `--verbose` to keep library logs and tracebacks.
+With --beam_pipeline_options the clips are preprocessed on Apache Beam (docs/data.md "Large datasets").
 """
 
 import os

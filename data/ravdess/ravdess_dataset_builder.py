@@ -3,8 +3,9 @@
     python -m data.ravdess.build data/ravdess --config av --manual_dir ~/RAVDESS --data_dir ~/tensorflow_datasets
     python -m data.ravdess.build data/ravdess --config generated      # synthetic, no download needed
 
-(`tfds build data/ravdess ...` takes the same flags, but tfds 4.9.10's `tfds` script needs apache_beam to
-start; data/ravdess/build.py runs its build command without it.) From Python:
+(`tfds build data/ravdess ...` is the same command; data/ravdess/build.py adds one-line errors. Either takes
+`--beam_pipeline_options=runner=...` to preprocess the clips on Apache Beam: docs/data.md "Large
+datasets".) From Python:
 
     import data.ravdess  # registers 'ravdess'
     builder = tfds.builder('ravdess/av', data_dir=DATA_DIR)
