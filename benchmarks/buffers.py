@@ -289,6 +289,9 @@ def account_from_dump(dump_dir: str, top: int = 20, tpu: Optional[bool] = None) 
   out = account(read(path), read(values_path), read(module_path), top=top, tpu=tpu)
   out["module"] = os.path.basename(path)[:-len("-buffer-assignment.txt")]
   out["traffic"] = traffic(read(module_path), read(values_path), read(path), tpu=tpu, top=top)
+  codegen = module_path[:-len(".after_optimizations.txt")] + ".after_codegen.txt" if module_path else ""
+  if codegen and os.path.exists(codegen):
+    out["estimated_cycles"] = estimated_cycles(read(codegen))
   return out
 
 
@@ -319,11 +322,17 @@ def format_account(buffers: dict) -> str:
   if flow:
     lines.append(f"  device-memory traffic of the {flow['instructions']} top-level instructions (operands read and "
                  f"results written once each, on-chip arrays left out): {flow['total'] / 1e9:.2f} GB")
-    lines.append(f"  {'part':<22}{'read GB':>10}{'written GB':>12}{'share':>8}{'instructions':>14}")
+    cycles = buffers.get("estimated_cycles") or {}
+    if cycles:
+      lines.append(f"  the TPU compiler's estimated cycles: {cycles['total'] / 1e6:.1f} M over {cycles['instructions']} "
+                   "instructions")
+    lines.append(f"  {'part':<22}{'read GB':>10}{'written GB':>12}{'share':>8}{'instructions':>14}"
+                 + (f"{'cycles':>10}" if cycles else ""))
     for part, row in flow["by_part"].items():
       share = (row["read"] + row["written"]) / max(flow["total"], 1)
+      part_cycles = cycles.get("by_part", {}).get(part, 0) / max(cycles.get("total", 1), 1)
       lines.append(f"  {part:<22}{row['read'] / 1e9:>10.2f}{row['written'] / 1e9:>12.2f}{share:>8.1%}"
-                   f"{row['instructions']:>14}")
+                   f"{row['instructions']:>14}" + (f"{part_cycles:>10.1%}" if cycles else ""))
   return "\n".join(lines)
 
 
@@ -410,3 +419,35 @@ def traffic(hlo_text: str, values_text: str = "", assignment_text: str = "", tpu
   rows.sort(key=lambda r: -(r["read"] + r["written"]))
   return {"total": sum(r["read"] + r["written"] for r in rows), "instructions": len(rows),
           "largest": rows[:top], "by_part": {p: by_part[p] for p in PARTS if p in by_part}}
+
+
+# ---- The TPU compiler's own time estimate per part ---------------------------------------------------------
+
+
+def estimated_cycles(codegen_text: str) -> dict:
+  """Sum of the `estimated_cycles` libtpu writes into each entry instruction's backend_config (the module
+  dumped as `*after_codegen.txt`), in total and per part of the model: the compiler's cost model of the time
+  each instruction takes, memory stalls included. Empty when the dump has none (GPU and CPU backends)."""
+  stacks = parse_stack_frames(codegen_text)
+  entry = codegen_text.split("\nENTRY ", 1)[-1] if "\nENTRY " in codegen_text else ""
+  named, by_part, total, count = {}, {}, 0, 0
+  for line in entry.splitlines()[1:]:
+    if line.startswith("}"):
+      break
+    facts = instruction_facts(line)
+    named[facts["instruction"]] = facts
+    m = re.search(r'"estimated_cycles":"(\d+)"', line)
+    if not m:
+      continue
+    for _ in range(4):  # copies carry no op_name: take their operand's
+      if facts["op_name"] or not facts["operands"] or facts["operands"][0] not in named:
+        break
+      facts = dict(facts, **{k: named[facts["operands"][0]][k] for k in ("op_name", "stack_frame_id", "operands")})
+    stack = stacks.get(facts["stack_frame_id"], []) if facts["stack_frame_id"] is not None else []
+    part = part_of_model(facts["op_name"], stack)
+    by_part[part] = by_part.get(part, 0) + int(m.group(1))
+    total += int(m.group(1))
+    count += 1
+  if not count:
+    return {}
+  return {"total": total, "instructions": count, "by_part": {p: by_part[p] for p in PARTS if p in by_part}}
