@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -353,6 +354,12 @@ def build_command(argv: Sequence[str], folder: str, manual_hint: str) -> None:
   from avtca_jax import console
   console.configure_logging(verbose)
   try:
+    if not verbose:  # tfds's build imports apache_beam, which logs a warning about GCP clients it lacks
+      logging.disable(logging.WARNING)
+      try:
+        import apache_beam  # noqa: F401
+      finally:
+        logging.disable(logging.NOTSET)
     import simple_parsing
     from tensorflow_datasets.scripts.cli import build
 
