@@ -5,7 +5,9 @@
 #   TARGETS="v5e-8 h100-1" FIND_LARGEST=0 bash benchmarks/aot_targets.sh
 # TPU targets need requirements-tpu.txt, GPU targets requirements-gpu.txt (docs/accelerators.md). TPU slices compile
 # at 8 clips per chip and GPUs at 96 per device (the batches of the table); FIND_LARGEST=1 (default) also searches
-# the largest batch that fits (a few more compiles each). Then: python -m benchmarks.report
+# the largest batch that fits (a few more compiles each). GPU targets take FLOPs and bytes per clip from this run's
+# v5e-8 report when there is one (--cost_from; the GPU compiler reports none), else report memory only.
+# Then: python -m benchmarks.report
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-benchmarks/aot_results/$(date -u +%F)}"
@@ -21,6 +23,9 @@ for target in $targets; do
   flags=(--target="$target" --config=configs/ravdess.py:fold1 --config.dtype=bfloat16
          --config.batch_size=$((per_device * devices)) --skip_eval_step --out="$out/${target}_bf16.json")
   if [ "$find_largest" = 1 ]; then flags+=(--find_largest "${extra[@]}"); fi
+  case "$target" in
+    h*|a*) if [ -f "$out/v5e-8_bf16.json" ]; then flags+=(--cost_from="$out/v5e-8_bf16.json"); else flags+=(--skip_cpu_cost); fi ;;
+  esac
   echo "== $target: python -m benchmarks.aot ${flags[*]}"
   python -m benchmarks.aot "${flags[@]}"
 done

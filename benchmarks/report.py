@@ -137,6 +137,40 @@ def render_aot(reports: List[Tuple[str, dict]]) -> str:
   return "\n".join(lines)
 
 
+def render_accounts(reports: List[Tuple[str, dict]]) -> str:
+  """Where the bytes and cycles go, per part of the model, for every report made with `--buffers`."""
+  from benchmarks import buffers
+  with_account = [(n, r) for n, r in reports if (r["at_batch"].get("buffers") or {}).get("traffic")]
+  if not with_account:
+    return ""
+  header = ["part"] + [f"{n.rsplit('/', 1)[-1][:-5]}: GB / cycles" for n, _ in with_account]
+  rows = []
+  for part in buffers.PARTS:
+    cells = []
+    for _, r in with_account:
+      account = r["at_batch"]["buffers"]
+      row = account["traffic"]["by_part"].get(part)
+      cycles = (account.get("estimated_cycles") or {})
+      share = cycles.get("by_part", {}).get(part, 0) / max(cycles.get("total", 1), 1)
+      cells.append("-" if row is None else f"{(row['read'] + row['written']) / 1e9:.2f} / {share:.0%}")
+    if any(c != "-" for c in cells):
+      rows.append([part] + cells)
+  totals = ["total"]
+  for _, r in with_account:
+    account, clips = r["at_batch"]["buffers"], r["at_batch"]["batch_per_device"]
+    cycles = (account.get("estimated_cycles") or {}).get("total")
+    totals.append(f"{account['traffic']['total'] / 1e9:.2f} ({account['traffic']['total'] / clips / 1e9:.2f} per clip)"
+                  + (f" / {cycles / 1e6:.0f} M ({cycles / clips / 1e6:.1f} M per clip)" if cycles else ""))
+  rows.append(totals)
+  lines = ["### Where the bytes go (`benchmarks.aot --buffers`, per device)", "",
+           "Per part of the model: device-memory traffic of the compiled train step's top-level instructions "
+           "(operands read and results written once each, on-chip arrays left out; `benchmarks/buffers.py:traffic`) "
+           "and the part's share of the TPU compiler's estimated cycles (`estimated_cycles`). The reports' rows, "
+           "commands and provenance are in the table above.", "",
+           _table({"header": header, "rows": rows})]
+  return "\n".join(lines)
+
+
 def render_compile_cache(name: str, result: dict) -> str:
   rows = ["| process | protocol | compile (s) | cache hits | cache misses |", "| --- | --- | --- | --- | --- |"]
   for i, run in enumerate(result["runs"]):
@@ -199,6 +233,9 @@ def generate(results_dir: Path = records.RESULTS_DIR, aot_dir: Path = AOT_DIR) -
       others.append((name, result))
   if aot_reports:
     sections.append((AOT_ORDER, "", render_aot(aot_reports)))
+    accounts = render_accounts(aot_reports)
+    if accounts:
+      sections.append((AOT_ORDER + 0.25, "", accounts))
   for i, (name, result) in enumerate(others):
     sections.append((AOT_ORDER + 0.5, name, render_compile_cache(f"benchmarks/aot_results/{name}", result)))
   dated = []
