@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -114,7 +115,16 @@ class ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # tfds runs Beam when a split generator is a Beam object; beam options (`tfds build
     # --beam_pipeline_options=...`, or DownloadConfig(beam_options=...) / beam_runner) choose that path here.
     self._use_beam = download_config.beam_options is not None or download_config.beam_runner is not None
-    return super()._generate_splits(dl_manager, download_config)
+    try:
+      return super()._generate_splits(dl_manager, download_config)
+    except Exception as error:  # tfds's Beam writer refuses an empty split, deep inside the runner's traceback
+      empty = re.search(r"generated examples is 0 for split (\w+)", str(error))
+      if not (self._use_beam and empty):
+        raise
+      raise ValueError(
+          f"split {empty.group(1)} would be empty: the Beam workers skipped every clip of it (no face, an "
+          "unreadable file), and tfds cannot write an empty split on Beam: remove or replace those clips, or "
+          "build without --beam_pipeline_options (a local build leaves the split out)") from None
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     if getattr(self, "_use_beam", False):

@@ -113,6 +113,24 @@ def test_a_clip_without_a_face_is_skipped_and_reported_on_beam(tmp_path):
   assert skipped["path"].endswith("clip_005.mp4") and skipped["line"] == 7 and "face" in skipped["reason"].lower()
 
 
+def test_a_speaker_left_without_clips_on_beam_is_a_one_line_error(tmp_path):
+  """A local build leaves such a speaker's split out; tfds's Beam writer cannot write an empty split."""
+  from benchmarks import beam_build
+  manifest = beam_build.write_clips(tmp_path / "clips", 6)
+  import cv2
+  for index in (4, 5):  # both clips of the third speaker
+    writer = cv2.VideoWriter(str(tmp_path / "clips" / f"clip_{index:03d}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"),
+                             30.0, (320, 240))
+    for _ in range(30):
+      writer.write(np.full((240, 320, 3), 90, np.uint8))
+    writer.release()
+  with pytest.raises(ValueError) as info:
+    beam_build.build(manifest, tmp_path / "beam", image_size=64, beam_workers=1)
+  message = str(info.value)
+  assert "\n" not in message and "split speaker3 would be empty" in message
+  assert "without --beam_pipeline_options" in message
+
+
 def test_without_beam_options_the_build_is_local(tmp_path, monkeypatch):
   """No beam options: the builder gives tfds plain generators (tfds would otherwise start a Beam pipeline)."""
   from data.crema_d import crema_d_dataset_builder as crema_d
