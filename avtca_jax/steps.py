@@ -58,13 +58,14 @@ def mesh_platform(mesh) -> str:
 
 
 def create_model(config, platform: Optional[str] = None):
-  """The configured model. Backend-dependent choices ('auto' depthwise-conv form) are made for `platform`
-  (default: this machine's default backend)."""
+  """The configured model. Backend-dependent choices ('auto' depthwise-conv form, the channel shuffle's form)
+  are made for `platform` (default: this machine's default backend)."""
   return avtca.create_model(
       config.model, num_classes=config.num_classes, fusion=config.fusion, num_heads=config.num_heads,
       num_frames=config.num_frames, image_size=config.image_size, dtype=jnp.dtype(config.dtype),
       conv_impl=layers.resolve_conv_impl(config.conv_impl, platform), remat=config.remat,
-      bn_axis_name="data" if config.batch_norm == "global" else None)
+      bn_axis_name="data" if config.batch_norm == "global" else None,
+      shuffle_impl=efficientface.shuffle_impl_for(platform))
 
 
 def create_learning_rate_fn(config, steps_per_epoch: int) -> optax.Schedule:

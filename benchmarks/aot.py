@@ -489,6 +489,7 @@ def run(config, args, log=print) -> dict:
             "modality_dropout": config.modality_dropout, "flip_rotate": config.flip_rotate,
             "matmul_precision": config.matmul_precision,
             "conv_impl": steps_lib.layers.resolve_conv_impl(config.conv_impl, target.platform),
+            "channel_shuffle": steps_lib.efficientface.shuffle_impl_for(target.platform),
             "hand_written_backward": steps_lib.layers.hand_written_backward_for(config.hand_written_backward,
                                                                                target.platform),
             "jax": jax.__version__, "peaks": {"flops_per_s": hardware.peak_flops(chip, config.dtype),

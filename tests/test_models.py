@@ -148,3 +148,43 @@ def test_remat_changes_memory_not_the_function():
     scale = max(float(jnp.max(jnp.abs(w))) for w in jax.tree.leaves(want))  # some leaves are 0 up to rounding
     for (path, w), g in zip(jax.tree.leaves_with_path(want), jax.tree.leaves(got)):
       np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6 * scale, err_msg=f"{name} {jax.tree_util.keystr(path)}")
+
+
+def test_channel_shuffle_as_a_permutation_matrix_is_exact():
+  """The GPU/TPU form (a product with a 0/1 permutation matrix) gives the reshape form's values bit for bit,
+  in float32 and bfloat16, and so does its gradient; the backend decides which form a model uses."""
+  rng = np.random.default_rng(0)
+  for dtype in (jnp.float32, jnp.bfloat16):
+    x = jnp.asarray(rng.normal(0, 100, (3, 5, 5, 116)), dtype)
+    np.testing.assert_array_equal(channel_shuffle(x, 2, "matmul"), channel_shuffle(x, 2, "reshape"))
+    g = jnp.asarray(rng.normal(size=x.shape), dtype)
+    vjp = lambda impl: jax.vjp(lambda v: channel_shuffle(v, 2, impl), x)[1](g)[0]
+    np.testing.assert_array_equal(vjp("matmul"), vjp("reshape"))
+  assert efficientface.shuffle_impl_for("cpu") == "reshape"
+  assert efficientface.shuffle_impl_for("tpu") == efficientface.shuffle_impl_for("gpu") == "matmul"
+  with pytest.raises(ValueError, match="channel shuffle impl"):
+    channel_shuffle(x, 2, "gather")
+
+
+def test_the_model_is_the_same_function_with_either_shuffle():
+  kw = dict(num_frames=2, image_size=32, conv_impl="grouped")
+  reshape, matmul = avtca_lib.AVTCA(**kw), avtca_lib.AVTCA(shuffle_impl="matmul", **kw)
+  variables = avtca_lib.init_variables(reshape, jax.random.PRNGKey(1))
+  rng = np.random.default_rng(1)
+  mfcc = jnp.asarray(rng.normal(-20, 60, (4,) + avtca_lib.MFCC_SHAPE), jnp.float32)
+  frames = jnp.asarray(rng.uniform(0, 1, (4, 2, 32, 32, 3)), jnp.float32)
+
+  def loss(model, params):
+    logits, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, mfcc, frames, train=True,
+                            mutable=["batch_stats"])
+    return jnp.sum(logits * jnp.arange(logits.shape[-1]))
+
+  value, grads = jax.jit(jax.value_and_grad(lambda p: loss(reshape, p)))(variables["params"])
+  value_m, grads_m = jax.jit(jax.value_and_grad(lambda p: loss(matmul, p)))(variables["params"])
+  np.testing.assert_allclose(value_m, value, rtol=1e-6)
+  # The shuffle itself is exact; XLA fuses the two programs differently, so float32 sums round differently,
+  # which train-mode batch norm on 8 frames amplifies (structurally zero gradients show pure noise).
+  squares = lambda tree: sum(float(jnp.sum(jnp.square(x))) for x in jax.tree.leaves(tree))
+  difference = (squares(jax.tree.map(jnp.subtract, grads_m, grads)) / squares(grads)) ** 0.5
+  print("relative gradient difference", difference)
+  assert difference < 1e-4

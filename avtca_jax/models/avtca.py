@@ -81,6 +81,7 @@ class AVTCA(nn.Module):
   conv_impl: str = "auto"
   bn_axis_name: Optional[str] = None
   remat: bool = False  # rematerialise EfficientFace's blocks in the backward pass (less memory, more compute)
+  shuffle_impl: str = "reshape"  # EfficientFace's channel shuffle form, per backend (efficientface.shuffle_impl_for)
 
   def _check_inputs(self, mfcc, frames):
     if self.fusion not in FUSIONS:
@@ -107,7 +108,8 @@ class AVTCA(nn.Module):
     a = audio_block(1, 128)(audio_block(0, 64)(mfcc.astype(self.dtype)))  # (B, 150, 128)
     images = frames.reshape((-1,) + frames.shape[2:]).astype(self.dtype)  # (B*T, 224, 224, 3), sample-major
     features = EfficientFace(train, conv_impl=self.conv_impl, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
-                             remat=self.remat, name="visual_backbone")(images)  # (B*T, 1024)
+                             remat=self.remat, shuffle_impl=self.shuffle_impl,
+                             name="visual_backbone")(images)  # (B*T, 1024)
     v = features.reshape(batch, self.num_frames, -1)  # (B, T, 1024)
     v = visual_block(1, 64)(visual_block(0, 64)(v))  # (B, T, 64)
 

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from avtca_jax.models import layers
@@ -39,9 +40,32 @@ def remat_compiler_options(platform: str | None = None) -> dict:
   return {"xla_disable_hlo_passes": "cse_barrier_expander"} if platform == "cpu" else {}
 
 
-def channel_shuffle(x: jax.Array, groups: int = 2) -> jax.Array:
-  """ShuffleNet channel shuffle in NHWC: channels (g, C/g) -> (C/g, g)."""
+SHUFFLE_IMPLS = ("reshape", "matmul")
+
+
+def shuffle_impl_for(platform: str | None = None) -> str:
+  """The channel shuffle's form for a backend: a reshape on CPU, a product with a permutation matrix on GPU
+  and TPU. Written as a reshape, XLA:TPU makes the shuffle a relayout copy of every unit's output with two of
+  eight sublanes used; as a matrix product it runs on the matrix units, which the memory-bound step has to
+  spare (docs/accelerators.md, "Where the bytes go")."""
+  return "reshape" if (platform or jax.default_backend()) == "cpu" else "matmul"
+
+
+def channel_shuffle(x: jax.Array, groups: int = 2, impl: str = "reshape") -> jax.Array:
+  """ShuffleNet channel shuffle in NHWC: channels (g, C/g) -> (C/g, g).
+
+  impl 'matmul' multiplies by the 0/1 permutation matrix, which is exact: every output is one input times 1
+  plus zeros, accumulated in float32 at full precision, so both forms give identical values and gradients."""
   *lead, channels = x.shape
+  if impl == "matmul":
+    order = np.arange(channels).reshape(groups, channels // groups).T.reshape(-1)
+    permutation = np.zeros((channels, channels), np.float32)
+    permutation[order, np.arange(channels)] = 1.0
+    y = jnp.dot(x, jnp.asarray(permutation, x.dtype), precision=jax.lax.Precision.HIGHEST,
+                preferred_element_type=jnp.float32)
+    return y.astype(x.dtype)
+  if impl != "reshape":
+    raise ValueError(f"channel shuffle impl must be one of {SHUFFLE_IMPLS}, got {impl!r}")
   x = x.reshape(*lead, groups, channels // groups)
   return jnp.swapaxes(x, -1, -2).reshape(*lead, channels)
 
@@ -107,6 +131,7 @@ class InvertedResidual(nn.Module):
   conv_impl: str = "auto"
   dtype: Dtype = jnp.float32
   bn_axis_name: Any = None
+  shuffle_impl: str = "reshape"
 
   @nn.compact
   def __call__(self, x):
@@ -126,7 +151,7 @@ class InvertedResidual(nn.Module):
     y = nn.relu(bn("branch2_1")(Conv1x1(branch_features, dtype=self.dtype, name="branch2_0")(x2)))
     y = bn("branch2_4")(dw(branch_features, "branch2_3")(y))
     y = nn.relu(bn("branch2_6")(Conv1x1(branch_features, dtype=self.dtype, name="branch2_5")(y)))
-    return channel_shuffle(jnp.concatenate([x1, y], axis=-1), 2)
+    return channel_shuffle(jnp.concatenate([x1, y], axis=-1), 2, self.shuffle_impl)
 
 
 class LocalFeatureExtractor(nn.Module):
@@ -191,6 +216,7 @@ class EfficientFace(nn.Module):
   dtype: Dtype = jnp.float32
   bn_axis_name: Any = None
   remat: bool = False  # recompute each block's activations in the backward pass (see the module docstring)
+  shuffle_impl: str = "reshape"  # channel shuffle form (shuffle_impl_for: per backend)
 
   @nn.compact
   def __call__(self, x):
@@ -214,7 +240,7 @@ class EfficientFace(nn.Module):
     def stage(x, index, repeats, out_features):
       for unit in range(repeats):
         x = unit_class(out_features, 2 if unit == 0 else 1, self.train, self.conv_impl, self.dtype,
-                       self.bn_axis_name, name=f"stage{index}_{unit}")(x)
+                       self.bn_axis_name, self.shuffle_impl, name=f"stage{index}_{unit}")(x)
       return x
 
     x0 = checkpointed(stem)(self, x)  # (N, 56, 56, 29)
