@@ -4,7 +4,7 @@
     python -m benchmarks.beam_build --clips 8 --workers 1 --json FILE
 
 `write_clips` makes N short encoded videos with a face (re-encoded, shifted, flipped and re-lit frames of a
-real CREMA-D clip from ../shared/data) and a generated soundtrack per clip (a tone per class plus noise),
+real CREMA-D clip from the shared data folder beside the repository, shared/data/crema_d) and a generated soundtrack per clip (a tone per class plus noise),
 listed in a CSV manifest of 2 classes and N/2 speakers. Each build preprocesses every clip (decoding,
 MTCNN face detection, MFCCs, JPEG encoding) and writes the shards: locally (the builder's own preprocessing
 process, `--workers` processes), then on Beam's DirectRunner with direct_num_workers=1 and 2. Reported per
@@ -40,7 +40,7 @@ def write_clips(folder: Path, num_clips: int, source: Path = SOURCE_VIDEO) -> Pa
   import cv2
   import soundfile
   if not source.is_file():
-    raise FileNotFoundError(f"{source}: the CREMA-D clip the generated videos are made from (../shared/data)")
+    raise FileNotFoundError(f"{source}: the CREMA-D clip the generated videos are made from (the shared data folder beside the repository)")
   capture = cv2.VideoCapture(str(source))
   frames = []
   while True:
