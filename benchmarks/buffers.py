@@ -147,6 +147,17 @@ def instruction_facts(instruction: str) -> dict:
           "stack_frame_id": int(frame.group(1)) if frame else None}
 
 
+def with_operand_name(facts: dict, by_name: Dict[str, dict]) -> dict:
+  """Copies, bitcasts, async slices and other data movement carry no op_name: take their operand's (a few hops)."""
+  for _ in range(4):
+    if facts["op_name"] or not facts["operands"] or facts["operands"][0] not in by_name:
+      break
+    source = by_name[facts["operands"][0]]
+    facts = dict(facts, op_name=source["op_name"], stack_frame_id=source["stack_frame_id"],
+                 operands=source["operands"])
+  return facts
+
+
 def shape_facts(shape: str) -> dict:
   """dtype, dimensions, layout text and unpadded data bytes of `f32[8,64]{1,0:T(8,128)}` (None for tuples)."""
   m = _ARRAY.match(shape.strip())
@@ -228,15 +239,7 @@ def account(assignment_text: str, values_text: str, hlo_text: str = "", top: int
     facts = instruction_facts(text)
     by_name[facts["instruction"]] = facts
 
-  def named(facts):
-    """Copies, bitcasts and other data movement carry no op_name: take their operand's (a few hops)."""
-    for _ in range(4):
-      if facts["op_name"] or not facts["operands"] or facts["operands"][0] not in by_name:
-        break
-      source = by_name[facts["operands"][0]]
-      facts = dict(facts, op_name=source["op_name"], stack_frame_id=source["stack_frame_id"],
-                   operands=source["operands"])
-    return facts
+  named = lambda facts: with_operand_name(facts, by_name)
   records, totals, live_out = [], {}, {}
   for allocation in allocations:
     if allocation["kind"] == "thread-local":
@@ -402,10 +405,7 @@ def traffic(hlo_text: str, values_text: str = "", assignment_text: str = "", tpu
       read = min(read, out_hbm + out_chip)
     if not read + out_hbm:
       continue
-    for _ in range(4):  # copies and async slices carry no op_name: take their operand's (a few hops)
-      if facts["op_name"] or not facts["operands"] or facts["operands"][0] not in named:
-        break
-      facts = dict(facts, **{k: named[facts["operands"][0]][k] for k in ("op_name", "stack_frame_id", "operands")})
+    facts = with_operand_name(facts, named)
     stack = stacks.get(facts["stack_frame_id"], []) if facts["stack_frame_id"] is not None else []
     rows.append({"instruction": name, "opcode": opcode, "fusion_kind": facts["fusion_kind"], "read": read,
                  "written": out_hbm, "shape": shape if len(shape) < 120 else shape[:117] + "...",
@@ -439,10 +439,7 @@ def estimated_cycles(codegen_text: str) -> dict:
     m = re.search(r'"estimated_cycles":"(\d+)"', line)
     if not m:
       continue
-    for _ in range(4):  # copies carry no op_name: take their operand's
-      if facts["op_name"] or not facts["operands"] or facts["operands"][0] not in named:
-        break
-      facts = dict(facts, **{k: named[facts["operands"][0]][k] for k in ("op_name", "stack_frame_id", "operands")})
+    facts = with_operand_name(facts, named)
     stack = stacks.get(facts["stack_frame_id"], []) if facts["stack_frame_id"] is not None else []
     part = part_of_model(facts["op_name"], stack)
     by_part[part] = by_part.get(part, 0) + int(m.group(1))
