@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import json
 import logging as python_logging
+import re
 import sys
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -221,9 +222,16 @@ def read_error_reason(error: BaseException) -> str:
   return text if len(text) <= 300 else text[:297] + "..."
 
 
+# tensorstore's own read errors, e.g. 'OUT_OF_RANGE: Error reading "params.x/0.0.0" in OCDBT database ...'.
+_TENSORSTORE_READ_ERROR = re.compile(r"^[A-Z_]+: Error (reading|opening) ")
+
+
 def _is_failed_read_leftover(error: Optional[BaseException]) -> bool:
-  return error is not None and (str(error) == "Event loop is closed" or
-                                str(error).startswith("Encountered error while reading array index"))
+  if error is None:
+    return False
+  text = str(error)
+  return (text == "Event loop is closed" or text.startswith("Encountered error while reading array index")
+          or _TENSORSTORE_READ_ERROR.match(text) is not None)
 
 
 class _DropFailedReadLeftovers(python_logging.Filter):
@@ -240,9 +248,10 @@ def quiet_failed_reads() -> None:
   orbax reads a checkpoint's arrays in concurrent tasks; the first failed read ends the restore, and the
   others end afterwards, on an event loop that is closed by then ('Event loop is closed' from
   tensorstore's threads) or unfinished when Python collects them ('Encountered error while reading array
-  index' at exit, 'Task exception was never retrieved'). Python would print a traceback for each; those
-  two errors only are dropped (from sys.unraisablehook and the asyncio logger), everything else still
-  prints. Safe to call more than once."""
+  index' at exit; 'Task exception was never retrieved' or 'Future exception was never retrieved' with
+  tensorstore's own read error, whichever reads were still pending, so it varies from run to run).
+  Python would print a traceback for each; those errors only are dropped (from sys.unraisablehook and the
+  asyncio logger), everything else still prints. Safe to call more than once."""
   global _QUIET
   if _QUIET:
     return
