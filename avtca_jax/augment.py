@@ -98,9 +98,9 @@ def random_flip_and_rotate(rng: jax.Array, frames: jax.Array, max_angle: int = M
   return flip_and_rotate(frames, flip, angle)
 
 
-@functools.partial(jax.jit, static_argnames=("permute",))
+@functools.partial(jax.jit, static_argnames=("permute", "distinct_frames"))
 def softhard(rng: jax.Array, mfcc: jax.Array, frames: jax.Array, labels: jax.Array,
-             coefficients: Optional[jax.Array] = None, permute: bool = True):
+             coefficients: Optional[jax.Array] = None, permute: bool = True, distinct_frames: bool = False):
   """'softhard' modality dropout: B clips -> 4B samples, randomly permuted.
 
   Blocks before the permutation: originals; audio * c with video * (1 - c), c = randint(0, 100) / 100 per
@@ -108,6 +108,10 @@ def softhard(rng: jax.Array, mfcc: jax.Array, frames: jax.Array, labels: jax.Arr
   repeated. `coefficients` (B,) overrides the draw (tests). Returns (mfcc, frames, labels, permutation),
   where sample i of the output is sample permutation[i] of the concatenated blocks. `permute=False` keeps
   the blocks in order (permutation = identity; see `modality_dropout`).
+
+  `distinct_frames=True` (with permute=False) returns (mfcc, distinct frames, labels, sample_frames): the
+  originals, the scaled copies and one all-zero clip (2B + 1 clips), and for each of the 4B samples the row
+  of its frames (the originals twice, the zero clip B times).
   """
   _check_float_frames(frames)
   coefficient_rng, permutation_rng = jax.random.split(rng)
@@ -117,9 +121,19 @@ def softhard(rng: jax.Array, mfcc: jax.Array, frames: jax.Array, labels: jax.Arr
   c_audio = coefficients.astype(mfcc.dtype).reshape((b,) + (1,) * (mfcc.ndim - 1))
   c_video = (1.0 - coefficients).astype(frames.dtype).reshape((b,) + (1,) * (frames.ndim - 1))
   mfcc = jnp.concatenate([mfcc, mfcc * c_audio, jnp.zeros_like(mfcc), mfcc])
-  frames = jnp.concatenate([frames, frames * c_video, frames, jnp.zeros_like(frames)])
   labels = jnp.concatenate([labels] * 4)
+  if distinct_frames:
+    _check_unpermuted(permute)
+    rows = jnp.arange(b)
+    sample_frames = jnp.concatenate([rows, b + rows, rows, jnp.full((b,), 2 * b, rows.dtype)])
+    return mfcc, jnp.concatenate([frames, frames * c_video, jnp.zeros_like(frames[:1])]), labels, sample_frames
+  frames = jnp.concatenate([frames, frames * c_video, frames, jnp.zeros_like(frames)])
   return _permuted(permutation_rng, permute, mfcc, frames, labels)
+
+
+def _check_unpermuted(permute: bool):
+  if permute:
+    raise ValueError("distinct_frames=True keeps the blocks in order: pass permute=False")
 
 
 def _permuted(rng, permute: bool, mfcc, frames, labels):
@@ -130,12 +144,14 @@ def _permuted(rng, permute: bool, mfcc, frames, labels):
   return mfcc[permutation], frames[permutation], labels[permutation], permutation
 
 
-@functools.partial(jax.jit, static_argnames=("permute",))
-def noise(rng: jax.Array, mfcc: jax.Array, frames: jax.Array, labels: jax.Array, permute: bool = True):
+@functools.partial(jax.jit, static_argnames=("permute", "distinct_frames"))
+def noise(rng: jax.Array, mfcc: jax.Array, frames: jax.Array, labels: jax.Array, permute: bool = True,
+          distinct_frames: bool = False):
   """'noise' modality dropout: B clips -> 3B samples, randomly permuted.
 
   Blocks before the permutation: originals; audio replaced by N(0, 1) (video kept); video replaced by
-  N(0, 1) (audio kept). Returns (mfcc, frames, labels, permutation) like `softhard`.
+  N(0, 1) (audio kept). Returns (mfcc, frames, labels, permutation) like `softhard`; `distinct_frames=True`
+  (with permute=False) returns the originals and the noise clips (2B) and each sample's row, as `softhard`.
   """
   _check_float_frames(frames)
   noise_rng, permutation_rng = jax.random.split(rng)
@@ -145,24 +161,32 @@ def noise(rng: jax.Array, mfcc: jax.Array, frames: jax.Array, labels: jax.Array,
   audio_noise = z[:mfcc.size].reshape(mfcc.shape).astype(mfcc.dtype)
   video_noise = z[mfcc.size:].reshape(frames.shape).astype(frames.dtype)
   mfcc = jnp.concatenate([mfcc, audio_noise, mfcc])
-  frames = jnp.concatenate([frames, frames, video_noise])
   labels = jnp.concatenate([labels] * 3)
+  if distinct_frames:
+    _check_unpermuted(permute)
+    rows = jnp.arange(b)
+    return mfcc, jnp.concatenate([frames, video_noise]), labels, jnp.concatenate([rows, rows, b + rows])
+  frames = jnp.concatenate([frames, frames, video_noise])
   return _permuted(permutation_rng, permute, mfcc, frames, labels)
 
 
 def modality_dropout(rng: jax.Array, mode: Optional[str], mfcc: jax.Array, frames: jax.Array,
-                     labels: jax.Array, permute: bool = True):
-  """Dispatch on `mode` ('softhard', 'noise', or None / 'none' for no dropout). Returns (mfcc, frames, labels).
+                     labels: jax.Array, permute: bool = True, distinct_frames: bool = False):
+  """Dispatch on `mode` ('softhard', 'noise', or None / 'none' for no dropout).
+
+  Returns (mfcc, frames, labels, sample_frames). `sample_frames` is None unless `distinct_frames`: then
+  `frames` holds each distinct clip once and sample i's frames are frames[sample_frames[i]] (the model's
+  `sample_frames` input), which spares the model the repeated clips' work.
 
   `permute=False` skips the original's shuffle of the grown batch. The train step uses that: its loss is a
   mean over samples and batch norm's statistics are sums over them, so the order of the samples within one
   step changes nothing but float rounding, while the shuffle costs a gather of every sample's frames."""
   if mode in (None, "none", "nodropout"):
-    return mfcc, frames, labels
-  if mode == "softhard":
-    return softhard(rng, mfcc, frames, labels, permute=permute)[:3]
-  if mode == "noise":
-    return noise(rng, mfcc, frames, labels, permute=permute)[:3]
+    return mfcc, frames, labels, None
+  if mode in ("softhard", "noise"):
+    fn = softhard if mode == "softhard" else noise
+    mfcc, frames, labels, order = fn(rng, mfcc, frames, labels, permute=permute, distinct_frames=distinct_frames)
+    return mfcc, frames, labels, order if distinct_frames else None
   raise ValueError(f"unknown modality dropout {mode!r}; expected one of {DROPOUT_MODES} or None")
 
 

@@ -86,7 +86,7 @@ class LoadedModel:
       batch = {"mfcc": mfcc, "label": jnp.zeros(mfcc.shape[:1], jnp.int32)}
       if frames is not None:
         batch["frames"] = frames
-      mfcc, frames, _ = steps_lib.model_inputs(config, batch)
+      mfcc, frames, _, _ = steps_lib.model_inputs(config, batch)
       return model.apply(variables, mfcc, frames, train=False).astype(jnp.float32)
 
     return forward

@@ -133,11 +133,13 @@ def total_train_steps(config, steps_per_epoch: int) -> int:
 
 
 def model_inputs(config, batch, rng: Optional[Array] = None, train: bool = False):
-  """(mfcc, frames or None, labels): uint8 RGB frames -> float in the configured channel order, with the
-  train-time augmentation and modality dropout drawn from `rng`."""
+  """(mfcc, frames or None, labels, sample_frames): uint8 RGB frames -> float in the configured channel
+  order, with the train-time augmentation and modality dropout drawn from `rng`. In training with modality
+  dropout, `frames` holds each distinct clip once and `sample_frames` names each sample's row (the model's
+  input of that name); otherwise `sample_frames` is None and frames has one row per sample."""
   mfcc, labels, frames = batch["mfcc"], batch["label"], batch.get("frames")
   if config.model == "audio":
-    return mfcc, None, labels
+    return mfcc, None, labels, None
   if train and config.flip_rotate:
     frames = augment.random_flip_and_rotate(jax.random.fold_in(rng, 0), frames)
   # Straight to the compute dtype: the model casts its input to it anyway, and the grown (4B-sample) batch of
@@ -147,9 +149,9 @@ def model_inputs(config, batch, rng: Optional[Array] = None, train: bool = False
     size = (config.image_size, config.image_size)
     frames = jax.image.resize(frames, frames.shape[:2] + size + frames.shape[4:], "bilinear")
   if train and config.modality_dropout != "none":
-    mfcc, frames, labels = augment.modality_dropout(jax.random.fold_in(rng, 1), config.modality_dropout,
-                                                    mfcc, frames, labels, permute=False)
-  return mfcc, frames, labels
+    return augment.modality_dropout(jax.random.fold_in(rng, 1), config.modality_dropout, mfcc, frames, labels,
+                                    permute=False, distinct_frames=True)
+  return mfcc, frames, labels, None
 
 
 def abstract_variables(model, config):
@@ -228,11 +230,11 @@ def make_train_step(config, model, tx, mesh):
   def train_step(state: TrainState, batch, stop_flags):  # per device: its slice of the batch and flags
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     rng = jax.random.fold_in(rng, jax.lax.axis_index("data"))
-    mfcc, frames, labels = model_inputs(config, batch, rng, train=True)
+    mfcc, frames, labels, sample_frames = model_inputs(config, batch, rng, train=True)
 
     def loss_fn(params):
       logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, mfcc, frames,
-                                    train=True, mutable=["batch_stats"])
+                                    train=True, sample_frames=sample_frames, mutable=["batch_stats"])
       if config.label_smoothing > 0:
         targets = optax.smooth_labels(jax.nn.one_hot(labels, config.num_classes), config.label_smoothing)
         loss = optax.softmax_cross_entropy(logits, targets).mean()
@@ -272,7 +274,7 @@ def make_predict_step(config, model, mesh):
   input, not a constant, so every mode runs the same compiled program."""
 
   def predict_step(state: TrainState, batch, weights):
-    mfcc, frames, labels = model_inputs(config, batch)
+    mfcc, frames, labels, _ = model_inputs(config, batch)
     key = jax.random.fold_in(jax.random.key(12345), jax.lax.axis_index("data"))
     audio_key, video_key = jax.random.split(key)
     mfcc = weights[0] * mfcc + weights[1] * jax.random.normal(audio_key, mfcc.shape, mfcc.dtype)

@@ -204,3 +204,51 @@ def test_the_train_loss_and_gradients_do_not_depend_on_the_order_of_samples():
   repeated[0] = repeated[1]
   value, difference = relative_difference(repeated)
   assert abs(value - float(reference_value)) > 1e-4 and difference > 0.2
+
+
+def test_distinct_frames_give_the_train_loss_gradients_and_statistics_of_the_repeated_batch():
+  """The train step runs EfficientFace once per distinct clip of modality dropout's grown batch
+  (`distinct_frames=True`, the model's `sample_frames`): the same loss, gradients and batch statistics as
+  the repeated batch, to float32 rounding (about 1e-4 of the gradients' norm, as much as reordering the
+  samples changes them; test above), with the hand-written and with autodiff's batch-norm backward."""
+  import optax
+  from avtca_jax import steps
+  from avtca_jax.config_validation import default_config
+  from avtca_jax.models import layers
+  config = default_config("ravdess:smoke")
+  model = steps.create_model(config, "cpu")
+  rng = np.random.default_rng(4)
+  b = 4
+  mfcc = jnp.asarray(rng.normal(size=(b, 156, 10)).astype(np.float32))
+  frames = jnp.asarray(rng.uniform(size=(b, config.num_frames, config.image_size, config.image_size, 3))
+                       .astype(np.float32))
+  labels = jnp.asarray(rng.integers(0, 8, size=b))
+  variables = model.init(jax.random.key(0), mfcc[:1], frames[:1], train=False)
+  for mode, distinct in (("softhard", 2 * b + 1), ("noise", 2 * b)):
+    m, repeated, y, none = augment.modality_dropout(jax.random.key(5), mode, mfcc, frames, labels, permute=False)
+    m2, rows, y2, sample_frames = augment.modality_dropout(jax.random.key(5), mode, mfcc, frames, labels,
+                                                           permute=False, distinct_frames=True)
+    assert none is None and rows.shape[0] == distinct
+    np.testing.assert_array_equal(np.asarray(rows)[np.asarray(sample_frames)], np.asarray(repeated))
+    np.testing.assert_array_equal(m2, m)
+    np.testing.assert_array_equal(y2, y)
+  with pytest.raises(ValueError, match="permute=False"):
+    augment.softhard(jax.random.key(0), mfcc, frames, labels, distinct_frames=True)
+
+  def loss(params, f, sample_frames):
+    logits, updates = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, m, f, train=True,
+                                  sample_frames=sample_frames, mutable=["batch_stats"])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates["batch_stats"]
+
+  squares = lambda tree: sum(float(jnp.sum(x ** 2)) for x in jax.tree.leaves(tree))
+  relative = lambda a, b: (squares(jax.tree.map(jnp.subtract, a, b)) / squares(b)) ** 0.5
+  m, repeated, y, _ = augment.modality_dropout(jax.random.key(5), "softhard", mfcc, frames, labels, permute=False)
+  _, rows, _, sample_frames = augment.modality_dropout(jax.random.key(5), "softhard", mfcc, frames, labels,
+                                                       permute=False, distinct_frames=True)
+  for hand_written in (True, False):
+    with layers.hand_written_backward(hand_written):
+      grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
+      (want, want_stats), want_grads = grad(variables["params"], repeated, None)
+      (got, got_stats), got_grads = grad(variables["params"], rows, sample_frames)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert relative(got_stats, want_stats) < 1e-5 and relative(got_grads, want_grads) < 2e-3

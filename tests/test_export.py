@@ -37,7 +37,7 @@ def _training_stack_logits(workdir: Path, mfcc: np.ndarray, crops: np.ndarray) -
   restored = checkpointing.restore_numpy(checkpoint_kinds.default_checkpoint(str(workdir)))
   model = steps_lib.create_model(config)
   batch = {"mfcc": mfcc, "frames": crops, "label": np.zeros(len(mfcc), np.int32)}
-  model_mfcc, frames, _ = steps_lib.model_inputs(config, batch)
+  model_mfcc, frames, _, _ = steps_lib.model_inputs(config, batch)
   return np.asarray(model.apply({"params": restored["params"], "batch_stats": restored["batch_stats"]},
                                 model_mfcc, frames, train=False))
 

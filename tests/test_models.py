@@ -188,3 +188,60 @@ def test_the_model_is_the_same_function_with_either_shuffle():
   difference = (squares(jax.tree.map(jnp.subtract, grads_m, grads)) / squares(grads)) ** 0.5
   print("relative gradient difference", difference)
   assert difference < 1e-4
+
+
+@pytest.mark.parametrize("hand_written", [True, False])
+def test_weighted_batch_norm_is_batch_norm_of_the_repeated_rows(hand_written):
+  """Rows counted `weights` times give the outputs, running statistics and gradients (summed over a row's
+  copies) of the batch with each row repeated; counting each row once does not."""
+  from avtca_jax.models import layers
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(1.5, 2.0, size=(4, 5, 5, 6)).astype(np.float32))
+  weights = np.array([2, 1, 3, 1])
+  repeat = np.repeat(np.arange(4), weights)
+  cotangent = jnp.asarray(rng.normal(size=(len(repeat), 5, 5, 6)).astype(np.float32))
+  bn = BatchNorm(use_running_average=False)
+  variables = bn.init(jax.random.key(0), x)
+  params = {"scale": jnp.asarray(rng.uniform(0.5, 1.5, 6), jnp.float32),
+            "bias": jnp.asarray(rng.normal(size=6), jnp.float32)}
+
+  def run(params, x, w, rows):
+    y, updates = bn.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, w,
+                          mutable=["batch_stats"])
+    return jnp.sum(y[rows] * cotangent), (y[rows], updates["batch_stats"])
+
+  with layers.hand_written_backward(hand_written):
+    grad = jax.jit(jax.grad(run, argnums=(0, 1), has_aux=True))
+    (want_params, want_x), (want_y, want_stats) = grad(params, x[repeat], None, np.arange(len(repeat)))
+    (got_params, got_x), (got_y, got_stats) = grad(params, x, jnp.asarray(weights, jnp.float32), repeat)
+    (_, _), (_, once_stats) = grad(params, x, jnp.ones(4, jnp.float32), repeat)
+  np.testing.assert_allclose(got_y, want_y, rtol=1e-5, atol=1e-5)
+  for key in ("mean", "var"):
+    np.testing.assert_allclose(got_stats[key], want_stats[key], rtol=1e-5, atol=1e-6)
+    assert np.max(np.abs(once_stats[key] - want_stats[key])) > 1e-3
+  for key in ("scale", "bias"):
+    np.testing.assert_allclose(got_params[key], want_params[key], rtol=1e-4, atol=1e-4)
+  summed = np.zeros_like(np.asarray(x))
+  np.add.at(summed, repeat, np.asarray(want_x))
+  np.testing.assert_allclose(got_x, summed, rtol=1e-4, atol=1e-5)
+
+
+def test_weighted_global_batch_norm_is_that_of_the_repeated_rows():
+  """With `axis_name` (statistics over devices), the weighted rows of each device give the repeated batch's."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(2, 3, 4, 4, 5)).astype(np.float32))  # (devices, rows, h, w, c)
+  weights = jnp.asarray([[2.0, 1.0, 1.0], [1.0, 1.0, 2.0]])  # each device: 4 rows once repeated
+  bn = BatchNorm(use_running_average=False, axis_name="data")
+  variables = BatchNorm(use_running_average=False).init(jax.random.key(0), x[0])  # same variables
+
+  def run(x, w):
+    return bn.apply(variables, x, w, mutable=["batch_stats"])
+
+  repeated = jnp.stack([jnp.repeat(x[d], np.asarray(weights[d], int), axis=0) for d in range(2)])
+  want_y, want_stats = jax.vmap(lambda x: run(x, None), axis_name="data")(repeated)
+  got_y, got_stats = jax.vmap(run, axis_name="data")(x, weights)
+  for d in range(2):
+    np.testing.assert_allclose(jnp.repeat(got_y[d], np.asarray(weights[d], int), axis=0), want_y[d],
+                               rtol=1e-5, atol=1e-5)
+  for key in ("mean", "var"):
+    np.testing.assert_allclose(got_stats["batch_stats"][key], want_stats["batch_stats"][key], rtol=1e-5, atol=1e-6)

@@ -70,7 +70,14 @@ class Conv1dBlock(nn.Module):
 
 
 class AVTCA(nn.Module):
-  """Audio-video emotion classifier. `__call__(mfcc (B,156,10), frames (B,T,224,224,3), train)`."""
+  """Audio-video emotion classifier. `__call__(mfcc (B,156,10), frames (B,T,224,224,3), train)`.
+
+  `sample_frames` (B,) int, optional: sample i's frames are frames[sample_frames[i]], and `frames` holds
+  only the distinct clips (U, T, 224, 224, 3). EfficientFace then runs once per distinct clip, each counted
+  in its batch norms as often as samples use it, which gives the same outputs and gradients as the repeated
+  batch. Modality dropout repeats clips: 'softhard' makes 4 samples per clip from 2 distinct clips and one
+  all-zero clip shared by the batch (`augment.softhard`), so the train step runs EfficientFace, nearly all
+  of its work and memory, on about half the frames."""
 
   num_classes: int = 8
   fusion: str = "it"
@@ -83,7 +90,7 @@ class AVTCA(nn.Module):
   remat: bool = False  # rematerialise EfficientFace's blocks in the backward pass (less memory, more compute)
   shuffle_impl: str = "reshape"  # EfficientFace's channel shuffle form, per backend (efficientface.shuffle_impl_for)
 
-  def _check_inputs(self, mfcc, frames):
+  def _check_inputs(self, mfcc, frames, sample_frames):
     if self.fusion not in FUSIONS:
       raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
     want_frames = (self.num_frames, self.image_size, self.image_size, 3)
@@ -93,24 +100,33 @@ class AVTCA(nn.Module):
     if frames.ndim != 5 or tuple(frames.shape[1:]) != want_frames:
       raise ValueError(f"frames: expected shape (batch, {', '.join(map(str, want_frames))}) "
                        f"(frames per clip, crop, crop, channels), got {tuple(frames.shape)}")
-    if mfcc.shape[0] != frames.shape[0]:
+    if sample_frames is not None:
+      if sample_frames.shape != (mfcc.shape[0],):
+        raise ValueError(f"sample_frames: expected shape ({mfcc.shape[0]},) (one frames row per sample), "
+                         f"got {tuple(sample_frames.shape)}")
+    elif mfcc.shape[0] != frames.shape[0]:
       raise ValueError(f"batch mismatch: mfcc has {mfcc.shape[0]} clips, frames has {frames.shape[0]}")
 
   @nn.compact
-  def __call__(self, mfcc, frames, train: bool = False):
-    self._check_inputs(mfcc, frames)
+  def __call__(self, mfcc, frames, train: bool = False, sample_frames=None):
+    self._check_inputs(mfcc, frames, sample_frames)
     kw = dict(train=train, dtype=self.dtype, bn_axis_name=self.bn_axis_name)
     audio_block = lambda i, f: Conv1dBlock(f, audio=True, name=f"audio_conv1d_{i}", **kw)
     visual_block = lambda i, f: Conv1dBlock(f, name=f"visual_conv1d_{i}", **kw)
-    batch = mfcc.shape[0]
 
     # Stage 1.
     a = audio_block(1, 128)(audio_block(0, 64)(mfcc.astype(self.dtype)))  # (B, 150, 128)
-    images = frames.reshape((-1,) + frames.shape[2:]).astype(self.dtype)  # (B*T, 224, 224, 3), sample-major
+    images = frames.reshape((-1,) + frames.shape[2:]).astype(self.dtype)  # (U*T, 224, 224, 3), clip-major
+    weights = None
+    if sample_frames is not None and train:  # how many samples use each clip, for every frame of it
+      uses = jnp.zeros((frames.shape[0],), jnp.float32).at[sample_frames].add(1.0)
+      weights = jnp.repeat(uses, self.num_frames)
     features = EfficientFace(train, conv_impl=self.conv_impl, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
                              remat=self.remat, shuffle_impl=self.shuffle_impl,
-                             name="visual_backbone")(images)  # (B*T, 1024)
-    v = features.reshape(batch, self.num_frames, -1)  # (B, T, 1024)
+                             name="visual_backbone")(images, weights)  # (U*T, 1024)
+    v = features.reshape(frames.shape[0], self.num_frames, -1)  # (U, T, 1024)
+    if sample_frames is not None:
+      v = v[sample_frames]  # (B, T, 1024)
     v = visual_block(1, 64)(visual_block(0, 64)(v))  # (B, T, 64)
 
     if self.fusion == "it":
@@ -156,7 +172,8 @@ class AudioClassifier(nn.Module):
   variable_length: bool = False
 
   @nn.compact
-  def __call__(self, mfcc, frames=None, train: bool = False):
+  def __call__(self, mfcc, frames=None, train: bool = False, sample_frames=None):
+    del frames, sample_frames  # the audio branch alone
     if self.variable_length:
       if mfcc.ndim != 3 or mfcc.shape[2] != MFCC_SHAPE[1] or mfcc.shape[1] < MIN_AUDIO_FRAMES:
         raise ValueError(f"mfcc: expected shape (batch, time >= {MIN_AUDIO_FRAMES}, {MFCC_SHAPE[1]}), "

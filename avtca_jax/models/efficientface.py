@@ -134,7 +134,7 @@ class InvertedResidual(nn.Module):
   shuffle_impl: str = "reshape"
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, weights=None):
     branch_features = self.out_features // 2
     bn = lambda name: BatchNorm(not self.train, dtype=self.dtype, axis_name=self.bn_axis_name, name=name)
     dw = lambda feats, name: DepthwiseConv(feats, strides=self.strides, impl=self.conv_impl, dtype=self.dtype,
@@ -145,12 +145,12 @@ class InvertedResidual(nn.Module):
       x1 = x2 = x
       in_features = x.shape[-1]
       # branch1: depthwise 3x3/2, BN, 1x1, BN, ReLU
-      x1 = bn("branch1_1")(dw(in_features, "branch1_0")(x1))
-      x1 = nn.relu(bn("branch1_3")(Conv1x1(branch_features, dtype=self.dtype, name="branch1_2")(x1)))
+      x1 = bn("branch1_1")(dw(in_features, "branch1_0")(x1), weights)
+      x1 = nn.relu(bn("branch1_3")(Conv1x1(branch_features, dtype=self.dtype, name="branch1_2")(x1), weights))
     # branch2: 1x1, BN, ReLU, depthwise 3x3, BN, 1x1, BN, ReLU
-    y = nn.relu(bn("branch2_1")(Conv1x1(branch_features, dtype=self.dtype, name="branch2_0")(x2)))
-    y = bn("branch2_4")(dw(branch_features, "branch2_3")(y))
-    y = nn.relu(bn("branch2_6")(Conv1x1(branch_features, dtype=self.dtype, name="branch2_5")(y)))
+    y = nn.relu(bn("branch2_1")(Conv1x1(branch_features, dtype=self.dtype, name="branch2_0")(x2), weights))
+    y = bn("branch2_4")(dw(branch_features, "branch2_3")(y), weights)
+    y = nn.relu(bn("branch2_6")(Conv1x1(branch_features, dtype=self.dtype, name="branch2_5")(y), weights))
     return channel_shuffle(jnp.concatenate([x1, y], axis=-1), 2, self.shuffle_impl)
 
 
@@ -164,16 +164,16 @@ class LocalFeatureExtractor(nn.Module):
   bn_axis_name: Any = None
 
   @nn.compact
-  def __call__(self, x):  # (N, 56, 56, 29)
+  def __call__(self, x, weights=None):  # (N, 56, 56, 29)
     h, w = x.shape[1] // 2, x.shape[2] // 2
     quadrants = [x[:, :h, :w], x[:, h:, :w], x[:, :h, w:], x[:, h:, w:]]  # TL, BL, TR, BR (k = 1..4)
     outs = []
     for k, patch in enumerate(quadrants, start=1):
       bn = lambda name: BatchNorm(not self.train, dtype=self.dtype, axis_name=self.bn_axis_name, name=name)
       y = DepthwiseConv(self.out_features, strides=2, impl=self.conv_impl, dtype=self.dtype, name=f"conv{k}_1")(patch)
-      y = nn.relu(bn(f"bn{k}_1")(y))
+      y = nn.relu(bn(f"bn{k}_1")(y, weights))
       y = DepthwiseConv(self.out_features, strides=1, impl=self.conv_impl, dtype=self.dtype, name=f"conv{k}_2")(y)
-      outs.append(nn.relu(bn(f"bn{k}_2")(y)))  # (N, 14, 14, 116)
+      outs.append(nn.relu(bn(f"bn{k}_2")(y, weights)))  # (N, 14, 14, 116)
     left = jnp.concatenate([outs[0], outs[1]], axis=1)
     right = jnp.concatenate([outs[2], outs[3]], axis=1)
     return jnp.concatenate([left, right], axis=2)  # (N, 28, 28, 116)
@@ -188,26 +188,29 @@ class Modulator(nn.Module):
   bn_axis_name: Any = None
 
   @nn.compact
-  def __call__(self, x):  # (N, 28, 28, C)
+  def __call__(self, x, weights=None):  # (N, 28, 28, C)
     channels = x.shape[-1]
     hidden = channels // self.reduction
     bn = lambda name: BatchNorm(not self.train, dtype=self.dtype, axis_name=self.bn_axis_name, name=name)
     # Channel gate on the global average.
     c = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)  # (N, C)
-    c = nn.relu(bn("gate_c_bn_1")(Dense(hidden, dtype=self.dtype, name="gate_c_fc_0")(c)))
+    c = nn.relu(bn("gate_c_bn_1")(Dense(hidden, dtype=self.dtype, name="gate_c_fc_0")(c), weights))
     c = Dense(channels, dtype=self.dtype, name="gate_c_fc_final")(c)[:, None, None, :]
     # Spatial gate.
     s = nn.relu(bn("gate_s_bn_reduce0")(Conv1x1(hidden, use_bias=True, dtype=self.dtype,
-                                                 name="gate_s_conv_reduce0")(x)))
+                                                 name="gate_s_conv_reduce0")(x), weights))
     for i in range(2):
       s = Conv(hidden, (3, 3), padding=4, dilation=4, use_bias=True, dtype=self.dtype, name=f"gate_s_conv_di_{i}")(s)
-      s = nn.relu(bn(f"gate_s_bn_di_{i}")(s))
+      s = nn.relu(bn(f"gate_s_bn_di_{i}")(s, weights))
     s = Conv1x1(1, use_bias=True, dtype=self.dtype, name="gate_s_conv_final")(s)  # (N, 28, 28, 1)
     return x * jax.nn.sigmoid(c * s)
 
 
 class EfficientFace(nn.Module):
-  """EfficientFace features: (N, 224, 224, 3) -> (N, 1024). No classification head."""
+  """EfficientFace features: (N, 224, 224, 3) -> (N, 1024). No classification head.
+
+  `weights` (N,), optional: in training, image i counts weights[i] times in every batch norm's statistics
+  (`layers.BatchNorm`), so the features are those of the batch with each image repeated that many times."""
 
   train: bool
   stages_repeats: Sequence[int] = (4, 8, 4)
@@ -219,20 +222,20 @@ class EfficientFace(nn.Module):
   shuffle_impl: str = "reshape"  # channel shuffle form (shuffle_impl_for: per backend)
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, weights=None):
     bn = lambda name: BatchNorm(not self.train, dtype=self.dtype, axis_name=self.bn_axis_name, name=name)
     ch = self.stages_out_channels
     # nn.remat keeps the module and parameter names: the same checkpoints load either way.
     checkpointed = nn.remat if self.remat else (lambda target: target)
 
-    def stem(module, x):
+    def stem(module, x, weights):
       x = Conv(ch[0], (3, 3), strides=2, padding=1, dtype=self.dtype, name="conv1_0")(x)
-      x = nn.relu(bn("conv1_1")(x))  # (N, 112, 112, 29)
+      x = nn.relu(bn("conv1_1")(x, weights))  # (N, 112, 112, 29)
       pool = max_pool_3x3_s2 if layers.uses_hand_written_backward() else max_pool_3x3_s2.fun  # .fun: autodiff's
       return pool(x)  # (N, 56, 56, 29)
 
-    def head(module, x):
-      x = nn.relu(bn("conv5_1")(Conv1x1(ch[4], dtype=self.dtype, name="conv5_0")(x)))  # (N, 7, 7, 1024)
+    def head(module, x, weights):
+      x = nn.relu(bn("conv5_1")(Conv1x1(ch[4], dtype=self.dtype, name="conv5_0")(x), weights))  # (N, 7, 7, 1024)
       return jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)  # (N, 1024)
 
     unit_class = checkpointed(InvertedResidual)
@@ -240,14 +243,15 @@ class EfficientFace(nn.Module):
     def stage(x, index, repeats, out_features):
       for unit in range(repeats):
         x = unit_class(out_features, 2 if unit == 0 else 1, self.train, self.conv_impl, self.dtype,
-                       self.bn_axis_name, self.shuffle_impl, name=f"stage{index}_{unit}")(x)
+                       self.bn_axis_name, self.shuffle_impl, name=f"stage{index}_{unit}")(x, weights)
       return x
 
-    x0 = checkpointed(stem)(self, x)  # (N, 56, 56, 29)
+    x0 = checkpointed(stem)(self, x, weights)  # (N, 56, 56, 29)
     x = stage(x0, 2, self.stages_repeats[0], ch[1])  # (N, 28, 28, 116)
-    x = checkpointed(Modulator)(self.train, dtype=self.dtype, bn_axis_name=self.bn_axis_name, name="modulator")(x)
+    x = checkpointed(Modulator)(self.train, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
+                                name="modulator")(x, weights)
     x = x + checkpointed(LocalFeatureExtractor)(ch[1], self.train, self.conv_impl, self.dtype, self.bn_axis_name,
-                                                name="local")(x0)
+                                                name="local")(x0, weights)
     x = stage(x, 3, self.stages_repeats[1], ch[2])  # (N, 14, 14, 232)
     x = stage(x, 4, self.stages_repeats[2], ch[3])  # (N, 7, 7, 464)
-    return checkpointed(head)(self, x)  # (N, 1024)
+    return checkpointed(head)(self, x, weights)  # (N, 1024)

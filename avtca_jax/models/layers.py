@@ -89,6 +89,10 @@ class BatchNorm(nn.Module):
   Normalises with the biased batch variance (as PyTorch does in train mode) and updates the running
   variance with the unbiased one. `momentum` is PyTorch's (weight of the new batch), default 0.1.
   With `axis_name`, batch statistics are averaged over that mapped axis (global batch norm).
+
+  `weights` (N,), optional, counts each of the N rows of `x` that many times in the batch statistics: the
+  result for a row is then the one it would get in the batch where every row is repeated `weights` times
+  (how the train step runs EfficientFace once per distinct clip, `AVTCA.__call__`'s `sample_frames`).
   """
 
   use_running_average: bool
@@ -98,7 +102,7 @@ class BatchNorm(nn.Module):
   axis_name: Optional[str] = None
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, weights: Optional[Array] = None) -> Array:
     features = x.shape[-1]
     scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
@@ -113,14 +117,23 @@ class BatchNorm(nn.Module):
 
     reduce_axes = tuple(range(x.ndim - 1))
     x32 = x.astype(jnp.float32)
-    count = int(np.prod([x.shape[a] for a in reduce_axes]))
-    if self.axis_name is None:
-      norm = batch_norm_train if uses_hand_written_backward() else batch_norm_train.fun  # .fun: autodiff's
-      y, mean, var = norm(x32, scale, bias, self.epsilon)
+    count = int(np.prod([x.shape[a] for a in reduce_axes[1:]]))  # per row
+    if weights is None:
+      count = count * x.shape[0]
     else:
-      mean = jax.lax.pmean(jnp.mean(x32, axis=reduce_axes), self.axis_name)
-      # Two passes, as PyTorch (see _batch_stats).
-      var = jax.lax.pmean(jnp.mean(jnp.square(x32 - mean), axis=reduce_axes), self.axis_name)
+      weights = _row_weights(weights, x)
+      count = count * jnp.sum(weights)
+    if self.axis_name is None:
+      if weights is None:
+        norm = batch_norm_train if uses_hand_written_backward() else batch_norm_train.fun  # .fun: autodiff's
+        y, mean, var = norm(x32, scale, bias, self.epsilon)
+      else:
+        norm = weighted_batch_norm_train if uses_hand_written_backward() else weighted_batch_norm_train.fun
+        y, mean, var = norm(x32, scale, bias, weights, self.epsilon)
+    else:
+      # Two passes, as PyTorch (see _batch_stats). Every device holds as many (weighted) rows, so the mean
+      # of the devices' statistics is the global batch's.
+      mean, var = _batch_stats(x32, weights, lambda stat: jax.lax.pmean(stat, self.axis_name))
       count = count * jax.lax.psum(1, self.axis_name)
       y = (x32 - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
     if not self.is_initializing():
@@ -130,14 +143,26 @@ class BatchNorm(nn.Module):
     return y.astype(self.dtype)
 
 
-def _batch_stats(x: Array) -> tuple[Array, Array]:
+def _row_weights(weights: Array, x: Array) -> Array:
+  """Per-row weights (N,) as float32 shaped to broadcast against x (N, ...)."""
+  return jnp.asarray(weights, jnp.float32).reshape((x.shape[0],) + (1,) * (x.ndim - 1))
+
+
+def _batch_stats(x: Array, weights: Optional[Array] = None, combine=lambda stat: stat) -> tuple[Array, Array]:
+  """Per-channel mean and biased variance over all axes but the last, each row counted `weights` times
+  (None: once); `combine` merges the per-device statistics (global batch norm)."""
   axes = tuple(range(x.ndim - 1))
-  mean = jnp.mean(x, axis=axes)
+  if weights is None:
+    average = lambda values: jnp.mean(values, axis=axes)
+  else:
+    total = jnp.sum(weights) * (x.size // (x.shape[0] * x.shape[-1]))
+    average = lambda values: jnp.sum(weights * values, axis=axes) / total
+  mean = combine(average(x))
   # Two passes, as PyTorch: E[x^2] - E[x]^2 cancels in float32 when |mean| >> std (raw MFCCs have
   # c0 near -400), which makes train-mode gradients far less accurate than PyTorch's (tests/test_parity.py).
   # A one-pass form shifted by one sample per channel keeps that accuracy but does not reduce the memory
   # traffic of the compiled TPU step (docs/accelerators.md, "Where the bytes go").
-  var = jnp.mean(jnp.square(x - mean), axis=axes)
+  var = combine(average(jnp.square(x - mean)))
   return mean, var
 
 
@@ -179,6 +204,44 @@ def _batch_norm_bwd(epsilon, res, cotangents):
 
 
 batch_norm_train.defvjp(_batch_norm_fwd, _batch_norm_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def weighted_batch_norm_train(x: Array, scale: Array, bias: Array, weights: Array,
+                              epsilon: float) -> tuple[Array, Array, Array]:
+  """`batch_norm_train` with row i of x counted weights[i] times (weights shaped as `_row_weights`).
+
+  The result equals `batch_norm_train` on the batch with each row repeated, and so does the gradient of a
+  row once the gradients of its copies are summed (what the transpose of the repetition does): the
+  hand-written backward is `_batch_norm_bwd`'s closed form with the batch means taken over the repeated
+  batch, dx = scale/sigma * (g - w * mean(g) - w * xhat * mean(g*xhat)), where g is already the copies' sum.
+  `weights` gets no gradient (they are counts)."""
+  mean, var = _batch_stats(x, weights)
+  return (x - mean) * (jax.lax.rsqrt(var + epsilon) * scale) + bias, mean, var
+
+
+def _weighted_batch_norm_fwd(x, scale, bias, weights, epsilon):
+  mean, var = _batch_stats(x, weights)
+  inv = jax.lax.rsqrt(var + epsilon)
+  return ((x - mean) * (inv * scale) + bias, mean, var), (x, mean, inv, scale, weights)
+
+
+def _weighted_batch_norm_bwd(epsilon, res, cotangents):
+  x, mean, inv, scale, weights = res
+  g, g_mean, g_var = cotangents
+  axes = tuple(range(x.ndim - 1))
+  count = jnp.sum(weights) * (x.size // (x.shape[0] * x.shape[-1]))  # rows of the repeated batch
+  centered = x - mean
+  xhat = centered * inv
+  g_sum = jnp.sum(g, axis=axes) / count
+  g_xhat = jnp.sum(g * xhat, axis=axes) / count
+  xhat_mean = jnp.sum(weights * xhat, axis=axes) / count  # centred again, as in _batch_norm_bwd
+  dx = (g - weights * (g_sum + (xhat - xhat_mean) * g_xhat)) * (inv * scale)
+  dx = dx + weights * (g_mean / count + centered * (2.0 * g_var / count))
+  return dx, g_xhat * count, g_sum * count, jnp.zeros_like(weights)
+
+
+weighted_batch_norm_train.defvjp(_weighted_batch_norm_fwd, _weighted_batch_norm_bwd)
 
 
 class Conv1x1(nn.Module):
@@ -317,7 +380,7 @@ class LayerNorm(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, weights: Optional[Array] = None) -> Array:
     features = x.shape[-1]
     scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
