@@ -347,11 +347,14 @@ def find_largest(config_fn, mesh, chip, platform, fraction, probes=(8,), multipl
   best = fitting[-1]
   while len(tried) < max_compiles + len(known or {}) and batch not in tried:
     tried[batch] = _try(config_fn, mesh, chip, platform, fraction, batch, log)
-    if tried[batch][0] and recomputes(tried[batch][1], batch, fixed, per_clip):
-      # Below the line: the compiler rematerialised to stay under its memory limit (XLA:GPU does, given
-      # the device's memory): it fits only by recomputing activations, i.e. more FLOPs per clip.
-      log(f"  batch {batch}/device: {tried[batch][1]['memory']['total'] / 2**30:.2f} GiB is below the line's "
-          f"{(fixed + batch * per_clip) / 2**30:.2f} GiB: the compiler recomputes to fit; counted as not fitting")
+    reference_flops = min(_flops_per_clip(r, b) for b, (ok, r) in tried.items() if ok and not r.get("recomputes"))
+    if tried[batch][0] and recomputes(tried[batch][1], batch, fixed, per_clip, reference_flops):
+      # The compiler rematerialised to stay under its memory limit (XLA:TPU and XLA:GPU do, given the
+      # device's memory): it fits only by recomputing activations.
+      log(f"  batch {batch}/device: {tried[batch][1]['memory']['total'] / 2**30:.2f} GiB (the line's "
+          f"{(fixed + batch * per_clip) / 2**30:.2f}), {_flops_per_clip(tried[batch][1], batch) / 1e9:.1f} GFLOP "
+          f"per clip (smaller batches {reference_flops / 1e9:.1f}): the compiler recomputes to fit; counted "
+          "as not fitting")
       tried[batch] = (False, dict(tried[batch][1], recomputes=True))
     if tried[batch][0]:
       best = max(best, batch)
@@ -370,10 +373,19 @@ def find_largest(config_fn, mesh, chip, platform, fraction, probes=(8,), multipl
                                             "predicted_largest": predicted, "bracketed": bracketed}
 
 
-def recomputes(result: dict, batch: int, fixed: float, per_clip: float, tolerance: float = 0.03) -> bool:
-  """True when a compiled step's memory is well below the batch's linear memory model: the compiler
-  rematerialised activations to fit its memory limit instead of keeping them."""
-  return result["memory"]["total"] < (1.0 - tolerance) * (fixed + batch * per_clip)
+def _flops_per_clip(result: dict, batch: int) -> float:
+  flops = (result.get("cost") or {}).get("flops")
+  return flops / batch if flops else float("inf")
+
+
+def recomputes(result: dict, batch: int, fixed: float, per_clip: float, reference_flops: float = float("inf"),
+               tolerance: float = 0.03) -> bool:
+  """True when the compiler rematerialised activations to fit its memory limit instead of keeping them:
+  the step's memory is well below the batch's linear memory model, or its FLOPs per clip are well above
+  `reference_flops` (the fewest per clip of the smaller batches that fit). Either alone can show it: a
+  recompute may spare little memory, and the memory model is only a line through two probes."""
+  below_line = result["memory"]["total"] < (1.0 - tolerance) * (fixed + batch * per_clip)
+  return below_line or _flops_per_clip(result, batch) > (1.0 + tolerance) * reference_flops
 
 
 def estimate(cost: dict, batch_per_device: int, chip: hardware.Chip, dtype: str) -> dict:

@@ -172,6 +172,26 @@ def test_batch_search_brackets_the_largest_and_keeps_each_probe_cost(monkeypatch
   assert [p["cost"]["bytes_accessed"] for p in probes] == [1e8 * b * b for b in (8, 16, 24, 32)]
 
 
+def test_batch_search_counts_a_batch_that_recomputes_as_not_fitting(monkeypatch):
+  """A batch that compiles on the memory line but with more FLOPs per clip (the compiler recomputing
+  activations to fit) is not a fit, and the search steps back."""
+  from benchmarks import aot, hardware
+  gib = 2**30
+
+  def fake_compile(batch, mesh):
+    flops = 1e9 * batch * (1.2 if batch >= 24 else 1.0)
+    return {"compile_s": 1.0, "memory": {"total": int(gib + batch * gib / 2), "argument": gib},
+            "cost": {"flops": flops, "bytes_accessed": 1e8 * batch}}
+
+  monkeypatch.setattr(aot, "compile_step", fake_compile)
+  chip = hardware.CHIPS["tpu-v5e"]
+  best, result, probes, model = aot.find_largest(lambda b: b, None, chip, "tpu", 0.75, probes=(8, 16),
+                                                 max_compiles=4, log=lambda *_: None)
+  assert best == 16 and model["predicted_largest"] == 24
+  assert [(p["batch_per_device"], p["fits"], p["recomputes"]) for p in probes] == [
+      (8, True, False), (16, True, False), (24, False, True)]
+
+
 # ---- The buffer account (`--buffers`, benchmarks/buffers.py) --------------------------------------------
 
 # Excerpts of what XLA dumps for a small program compiled for TPU v5e (a matmul's gradient over 4 chips).
