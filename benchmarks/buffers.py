@@ -176,7 +176,8 @@ def shape_facts(shape: str) -> dict:
 _AUGMENT_FUNCTIONS = ("model_inputs", "modality_dropout", "softhard", "noise", "sample_flip_and_angle",
                       "random_flip_and_rotate", "flip_and_rotate", "_warp_clip", "_source_coordinates",
                       "frames_from_uint8")
-_BN_FUNCTIONS = ("BatchNorm.", "batch_norm_train", "_batch_stats", "_batch_norm_fwd", "_batch_norm_bwd")
+_BN_FUNCTIONS = ("BatchNorm.", "batch_norm_train", "_batch_stats", "_row_weights", "_batch_norm_fwd",
+                 "_batch_norm_bwd", "weighted_batch_norm_train", "_weighted_batch_norm_fwd", "_weighted_batch_norm_bwd")
 
 
 def part_of_model(op_name: str, stack: Iterable[Tuple[str, str]] = (), kind: str = "temp") -> str:

@@ -380,7 +380,7 @@ class LayerNorm(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, weights: Optional[Array] = None) -> Array:
+  def __call__(self, x: Array) -> Array:
     features = x.shape[-1]
     scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
