@@ -165,23 +165,30 @@ def test_unpermuted_dropout_is_the_permuted_one_in_block_order():
       np.testing.assert_array_equal(_unpermute(np.asarray(p), perm), np.asarray(b))
 
 
+def _smoke_model_and_batch(b: int):
+  """The smoke config's model on CPU, its variables, and b random clips: (model, variables, mfcc, frames,
+  labels, rng), the generator after those draws."""
+  from avtca_jax import steps
+  from avtca_jax.config_validation import default_config
+  config = default_config("ravdess:smoke")
+  model = steps.create_model(config, "cpu")
+  rng = np.random.default_rng(4)
+  mfcc = jnp.asarray(rng.normal(size=(b, 156, 10)).astype(np.float32))
+  frames = jnp.asarray(rng.uniform(size=(b, config.num_frames, config.image_size, config.image_size, 3))
+                       .astype(np.float32))
+  labels = jnp.asarray(rng.integers(0, 8, size=b))
+  variables = model.init(jax.random.key(0), mfcc[:1], frames[:1], train=False)
+  return model, variables, mfcc, frames, labels, rng
+
+
 def test_the_train_loss_and_gradients_do_not_depend_on_the_order_of_samples():
   """Why the train step may skip the original's shuffle of the grown batch: batch norm's statistics and the
   mean loss are order-free, so a permuted batch gives the same loss and gradients up to float32 rounding
   (amplified through the network's batch norms: about 3e-3 of the gradients' norm here), where a batch that
   is not a permutation (one sample repeated) changes them by about their own size."""
   import optax
-  from avtca_jax import steps
-  from avtca_jax.config_validation import default_config
-  config = default_config("ravdess:smoke")
-  model = steps.create_model(config, "cpu")
-  rng = np.random.default_rng(4)
   b = 8
-  mfcc = jnp.asarray(rng.normal(size=(b, 156, 10)).astype(np.float32))
-  frames = jnp.asarray(rng.uniform(size=(b, config.num_frames, config.image_size, config.image_size, 3))
-                       .astype(np.float32))
-  labels = jnp.asarray(rng.integers(0, 8, size=b))
-  variables = model.init(jax.random.key(0), mfcc[:1], frames[:1], train=False)
+  model, variables, mfcc, frames, labels, rng = _smoke_model_and_batch(b)
 
   def loss(params, m, f, y):
     logits, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, m, f, train=True,
@@ -213,18 +220,10 @@ def test_distinct_frames_give_the_train_loss_gradients_and_statistics_of_the_rep
   samples changes them; test above; asserted below 2e-3), with the hand-written and with autodiff's
   batch-norm backward."""
   import optax
-  from avtca_jax import steps
-  from avtca_jax.config_validation import default_config
   from avtca_jax.models import layers
-  config = default_config("ravdess:smoke")
-  model = steps.create_model(config, "cpu")
-  rng = np.random.default_rng(4)
   b = 4
-  mfcc = jnp.asarray(rng.normal(size=(b, 156, 10)).astype(np.float32))
-  frames = jnp.asarray(rng.uniform(size=(b, config.num_frames, config.image_size, config.image_size, 3))
-                       .astype(np.float32))
-  labels = jnp.asarray(rng.integers(0, 8, size=b))
-  variables = model.init(jax.random.key(0), mfcc[:1], frames[:1], train=False)
+  model, variables, mfcc, frames, labels, _ = _smoke_model_and_batch(b)
+  softhard = {}
   for mode, distinct in (("softhard", 2 * b + 1), ("noise", 2 * b)):
     m, repeated, y, none = augment.modality_dropout(jax.random.key(5), mode, mfcc, frames, labels, permute=False)
     m2, rows, y2, sample_frames = augment.modality_dropout(jax.random.key(5), mode, mfcc, frames, labels,
@@ -233,6 +232,8 @@ def test_distinct_frames_give_the_train_loss_gradients_and_statistics_of_the_rep
     np.testing.assert_array_equal(np.asarray(rows)[np.asarray(sample_frames)], np.asarray(repeated))
     np.testing.assert_array_equal(m2, m)
     np.testing.assert_array_equal(y2, y)
+    if mode == "softhard":
+      softhard = dict(m=m, repeated=repeated, y=y, rows=rows, sample_frames=sample_frames)
   with pytest.raises(ValueError, match="permute=False"):
     augment.softhard(jax.random.key(0), mfcc, frames, labels, distinct_frames=True)
 
@@ -243,9 +244,7 @@ def test_distinct_frames_give_the_train_loss_gradients_and_statistics_of_the_rep
 
   squares = lambda tree: sum(float(jnp.sum(x ** 2)) for x in jax.tree.leaves(tree))
   relative = lambda a, b: (squares(jax.tree.map(jnp.subtract, a, b)) / squares(b)) ** 0.5
-  m, repeated, y, _ = augment.modality_dropout(jax.random.key(5), "softhard", mfcc, frames, labels, permute=False)
-  _, rows, _, sample_frames = augment.modality_dropout(jax.random.key(5), "softhard", mfcc, frames, labels,
-                                                       permute=False, distinct_frames=True)
+  m, repeated, y, rows, sample_frames = (softhard[k] for k in ("m", "repeated", "y", "rows", "sample_frames"))
   for hand_written in (True, False):
     with layers.hand_written_backward(hand_written):
       grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
